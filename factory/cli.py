@@ -1,0 +1,52 @@
+"""`medsynth` command line. Each command lives beside the code it drives; this file only routes.
+
+A command module exposes `configure(parser)` and `run(args) -> int`, and keeps its top-level
+imports light so that `medsynth --help` stays fast; heavy imports (torch, ray) go inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from factory.errors import FactoryError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("factory.demo", "run the whole chain on built-in phantom data, locally"),
+    "data": ("factory.data.cli", "write phantom datasets in the layouts of real ones"),
+    "inspect": ("factory.produce.inspect", "summarise a run, or extract one sample"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medsynth",
+        description="MedSynth Factory: train medical generators on Ray, mass-produce labelled synthetic data.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except FactoryError as err:
+        print(f"medsynth {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medsynth {args.command}: interrupted; committed shards are kept, run again to resume",
+              file=sys.stderr)
+        return 130

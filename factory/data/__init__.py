@@ -1,0 +1,1 @@
+"""Training data: phantom simulators, adapters for real datasets, text tools."""

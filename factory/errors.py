@@ -1,0 +1,18 @@
+"""Errors the user can act on. The CLI prints them as one line and exits non-zero."""
+
+
+class FactoryError(Exception):
+    """A problem with input, configuration or stored data; the message names the file and the problem."""
+
+
+class BadInputError(FactoryError):
+    """An input file (image, report, label table, volume, shard, manifest) cannot be used."""
+
+    def __init__(self, source: str, problem: str):
+        self.source = str(source)
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}")
+
+
+class IntegrityError(BadInputError):
+    """Stored bytes do not match what their manifest or sidecar promises."""

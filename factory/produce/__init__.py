@@ -1,0 +1,1 @@
+"""Production: samples into WebDataset shards on object storage, exactly once, with a manifest."""

@@ -1,0 +1,88 @@
+"""`medsynth inspect URL`: verify a run and summarise it; `--sample N --out DIR` extracts one sample."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from factory import storage
+from factory.errors import BadInputError
+from factory.produce.manifest import read_manifest, verify_run
+from factory.produce.samples import sample_key
+from factory.produce.shards import read_tar_members
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="run folder or URL (local path, file://, s3://)")
+    parser.add_argument("--quick", action="store_true",
+                        help="check shard presence and sizes only, not sha256 and tar contents")
+    parser.add_argument("--sample", type=int, metavar="N", help="extract sample N")
+    parser.add_argument("--out", help="folder for the extracted sample's files (with --sample)")
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = read_manifest(args.url)
+    if args.sample is not None:
+        if not args.out:
+            raise BadInputError(args.url, "--sample needs --out DIR")
+        print(extract_sample(args.url, manifest, args.sample, args.out))
+        return 0
+    verify_run(args.url, manifest, deep=not args.quick, progress=True)
+    print(summary(args.url, manifest, verified="shards present, sizes match" if args.quick
+                  else "every shard's sha256 and tar contents match"))
+    return 0
+
+
+def summary(url: str, manifest: dict[str, Any], verified: str) -> str:
+    lines = [
+        f"run            {manifest['run_id']}  ({url})",
+        f"schema         {manifest['schema_version']}",
+        f"created        {manifest['created_at']}",
+        f"command        {manifest['command'] or '-'}",
+        f"kind           {manifest['sample_kind']}",
+        f"shards         {len(manifest['shards'])} x up to {manifest['shard_size']} samples",
+        f"samples        {manifest['count']} of {manifest['requested']} requested",
+        f"bytes          {manifest['bytes']:,} ({manifest['bytes'] / 2**20:.1f} MiB)",
+        f"verified       {verified}",
+    ]
+    if manifest["dropped"]:
+        lines.append("dropped        " + ", ".join(f"{k}: {v}" for k, v in manifest["dropped"].items()))
+    if manifest["label_histogram"]:
+        lines.append("labels (samples where present)")
+        width = max(len(name) for name in manifest["label_histogram"])
+        top = max(manifest["label_histogram"].values()) or 1
+        for name, count in sorted(manifest["label_histogram"].items(), key=lambda kv: -kv[1]):
+            share = count / max(manifest["count"], 1)
+            lines.append(f"  {name:<{width}}  {count:>8}  {share:6.1%}  {'#' * round(30 * count / top)}")
+    return "\n".join(lines)
+
+
+def extract_sample(url: str, manifest: dict[str, Any], index: int, out: str) -> str:
+    """Write sample `index`'s members to `out` and return a printable description."""
+    if not 0 <= index < manifest["requested"]:
+        raise BadInputError(url, f"sample {index} is outside 0..{manifest['requested'] - 1}")
+    record = manifest["shards"][index // manifest["shard_size"]]
+    shard_url = storage.join(url, record["name"])
+    key = sample_key(manifest["run_id"], index)
+    members = {name.split(".", 1)[1]: data for name, data in read_tar_members(storage.read_bytes(shard_url), shard_url)
+               if name.split(".", 1)[0] == key}
+    if not members:
+        reasons = ", ".join(record.get("dropped", {})) or "unknown reason"
+        raise BadInputError(shard_url, f"sample {index} is not in its shard (dropped by a quality gate: {reasons})")
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for extension, data in members.items():
+        path = os.path.join(out, f"{key}.{extension}")
+        with open(path, "wb") as f:
+            f.write(data)
+        written.append(path)
+    lines = [f"sample {index} from {shard_url}", "files: " + ", ".join(written)]
+    if "txt" in members:
+        lines += ["report:", members["txt"].decode("utf-8")]
+    if "cls" in members:
+        lines.append(f"cls: {members['cls'].decode()}")
+    if "json" in members:
+        lines += ["metadata:", json.dumps(json.loads(members["json"]), indent=2, sort_keys=True)]
+    return "\n".join(lines)

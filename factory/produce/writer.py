@@ -1,0 +1,74 @@
+"""Write a whole run from one iterator of samples, in this process, resumably.
+
+The actor pool (factory.produce.pool) writes shards in parallel from shard indices; this serial
+writer serves small runs, tests and data already in hand. Both share the shard and manifest code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Iterable
+
+from tqdm import tqdm
+
+from factory import storage
+from factory.errors import FactoryError
+from factory.produce.manifest import build_manifest, existing_manifest, write_manifest
+from factory.produce.samples import Dropped, Sample
+from factory.produce.shards import RunSpec, check_belongs, read_sidecar, sidecar_name, verify_shard, write_shard
+from factory.storage import StorageOptions
+
+log = logging.getLogger(__name__)
+
+
+def committed_shards(out: str, spec: RunSpec, storage_options: StorageOptions = None) -> dict[int, dict[str, Any]]:
+    """Shards of this run already committed and verified; a shard of another run is an error."""
+    names = set(storage.list_names(out, storage_options))
+    committed = {}
+    for index in range(spec.num_shards):
+        if sidecar_name(index) not in names:
+            continue
+        record = read_sidecar(out, index, storage_options)
+        check_belongs(record, spec, storage.join(out, sidecar_name(index)))
+        try:
+            verify_shard(out, record, storage_options)
+        except FactoryError as err:
+            log.warning("rewriting shard %d: %s", index, err)
+            continue
+        committed[index] = record
+    return committed
+
+
+def write_run(
+    samples: Iterable[Sample | Dropped],
+    out: str,
+    spec: RunSpec,
+    storage_options: StorageOptions = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write samples 0..spec.requested-1 (in index order) into shards, then the manifest.
+
+    Running again with the same spec after a failure skips committed shards and completes the run;
+    on a finished run it returns the existing manifest.
+    """
+    manifest = existing_manifest(out, spec, storage_options)
+    if manifest is not None:
+        log.info("%s already holds the finished run %s", out, spec.run_id)
+        return manifest
+    records = committed_shards(out, spec, storage_options)
+    bar = tqdm(total=spec.requested, desc=f"write {spec.run_id}", unit="sample", disable=not progress)
+    bar.update(sum(len(spec.slots(i)) for i in records))
+    for shard_index, group in itertools.groupby(samples, key=lambda s: s.index // spec.shard_size):
+        if shard_index >= spec.num_shards:
+            raise FactoryError(f"run {spec.run_id}: sample index beyond count {spec.requested}")
+        if shard_index in records:
+            for _ in group:  # committed already: consume this shard's samples unwritten
+                pass
+            continue
+        records[shard_index] = write_shard(out, spec, shard_index, group, storage_options)
+        bar.update(len(spec.slots(shard_index)))
+    bar.close()
+    manifest = build_manifest(spec, records.values())
+    write_manifest(out, manifest, storage_options)
+    return manifest

@@ -1,0 +1,161 @@
+"""Object storage through fsspec: local paths, file://, memory:// and s3:// (AWS, MinIO, Ceph ...).
+
+S3 settings come from the standard AWS environment variables (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL) or from an explicit
+storage-options mapping, which wins key by key. Nothing here logs or returns credentials.
+
+Writes are atomic: an object appears under its final name only once it is complete. Object stores
+give that for free (an S3 upload, single or multipart, becomes visible when it completes), so on
+error the upload is aborted instead of completed; filesystems with a cheap rename (local disk,
+memory) are written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import posixpath
+import uuid
+from typing import IO, Any, Iterator, Mapping
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from factory.errors import BadInputError
+
+StorageOptions = Mapping[str, Any] | None
+
+_HASH_CHUNK = 4 << 20
+
+
+def s3_options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """s3fs options from the standard AWS variables; unset variables leave s3fs's own defaults."""
+    env = os.environ if environ is None else environ
+    options: dict[str, Any] = {}
+    if env.get("AWS_ACCESS_KEY_ID"):
+        options["key"] = env["AWS_ACCESS_KEY_ID"]
+    if env.get("AWS_SECRET_ACCESS_KEY"):
+        options["secret"] = env["AWS_SECRET_ACCESS_KEY"]
+    if env.get("AWS_SESSION_TOKEN"):
+        options["token"] = env["AWS_SESSION_TOKEN"]
+    if env.get("AWS_ENDPOINT_URL"):
+        options["endpoint_url"] = env["AWS_ENDPOINT_URL"]
+    region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION")
+    if region:
+        options["client_kwargs"] = {"region_name": region}
+    return options
+
+
+def protocol_of(url: str) -> str:
+    return url.split("://", 1)[0] if "://" in url else "file"
+
+
+def filesystem(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem for `url` and the path inside it."""
+    options = dict(storage_options or {})
+    if protocol_of(url) == "s3":
+        options = {**s3_options_from_env(), **options}
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a URL or local path with forward slashes."""
+    if "://" in url:
+        protocol, rest = url.split("://", 1)
+        return f"{protocol}://{posixpath.join(rest, *parts)}"
+    return os.path.join(url, *parts)
+
+
+def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
+    """Object stores publish an upload atomically on completion and have no cheap rename."""
+    return not isinstance(fs, LocalFileSystem) and "memory" not in fs.protocol
+
+
+def open_file(url: str, mode: str = "rb", storage_options: StorageOptions = None, **kwargs) -> IO:
+    fs, path = filesystem(url, storage_options)
+    try:
+        return fs.open(path, mode, **kwargs)
+    except FileNotFoundError as err:
+        raise BadInputError(url, "not found") from err
+
+
+def exists(url: str, storage_options: StorageOptions = None) -> bool:
+    fs, path = filesystem(url, storage_options)
+    return fs.exists(path)
+
+
+def size(url: str, storage_options: StorageOptions = None) -> int:
+    fs, path = filesystem(url, storage_options)
+    try:
+        return int(fs.size(path))
+    except FileNotFoundError as err:
+        raise BadInputError(url, "not found") from err
+
+
+def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
+    fs, path = filesystem(url, storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError as err:
+        raise BadInputError(url, "not found") from err
+
+
+def list_names(url: str, storage_options: StorageOptions = None) -> list[str]:
+    """Names of the objects directly under `url` (sorted); empty when it does not exist."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        entries = fs.ls(path, detail=False, refresh=True) if is_object_store(fs) else fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
+
+
+def sha256(url: str, storage_options: StorageOptions = None) -> str:
+    """Hex sha256 of an object's bytes, streamed."""
+    digest = hashlib.sha256()
+    with open_file(url, "rb", storage_options) as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def remove(url: str, storage_options: StorageOptions = None) -> None:
+    fs, path = filesystem(url, storage_options)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path)
+
+
+@contextlib.contextmanager
+def atomic_writer(url: str, storage_options: StorageOptions = None) -> Iterator[IO[bytes]]:
+    """A binary file that appears at `url` only if the block exits without an exception."""
+    fs, path = filesystem(url, storage_options)
+    parent = posixpath.dirname(path) if is_object_store(fs) else os.path.dirname(path)
+    if not is_object_store(fs):
+        fs.makedirs(parent, exist_ok=True)
+        temporary = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.partial")
+        try:
+            with fs.open(temporary, "wb") as f:
+                yield f
+            fs.mv(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(temporary)
+            raise
+        return
+    f = fs.open(path, "wb")
+    try:
+        yield f
+    except BaseException:
+        # Closing would publish a partial object: abort the (multipart) upload instead.
+        f.discard()
+        f.closed = True
+        raise
+    f.close()
+    fs.invalidate_cache(parent)
+
+
+def atomic_put(url: str, data: bytes, storage_options: StorageOptions = None) -> None:
+    with atomic_writer(url, storage_options) as f:
+        f.write(data)

@@ -1,0 +1,62 @@
+"""Shared fixtures. Storage tests run twice: on a temporary folder and on a real S3 HTTP endpoint
+(moto's ThreadedMotoServer on 127.0.0.1, the same arrangement as s3fs's own test-suite)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import pytest
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "medsynth-test-key",
+    "AWS_SECRET_ACCESS_KEY": "medsynth-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A live S3 endpoint on loopback; the AWS variables point every client (and Ray worker) at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
+    os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="medsynth-test")
+    yield endpoint
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+@pytest.fixture
+def s3_root(s3_endpoint) -> str:
+    """A fresh, empty prefix in the test bucket."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    return f"s3://medsynth-test/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_root(request, tmp_path) -> str:
+    """A fresh, empty storage location: once a local folder, once an S3 prefix."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("s3_root")

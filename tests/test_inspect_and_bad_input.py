@@ -1,0 +1,140 @@
+"""`medsynth inspect` and the one-line errors on bad runs: each names the file and the problem,
+exits non-zero, and leaves every stored byte as it was."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from factory import storage
+from factory.cli import main
+from factory.errors import BadInputError
+from factory.produce.shards import shard_name
+from factory.produce.writer import write_run
+from factory.validation import parse_json, validate
+from shard_helpers import samples, spec
+
+
+@pytest.fixture
+def run_url(storage_root):
+    write_run(samples(), storage_root, spec(), progress=False)
+    return storage_root
+
+
+def snapshot(url):
+    return {name: storage.read_bytes(storage.join(url, name)) for name in storage.list_names(url)}
+
+
+def test_inspect_summary(run_url, capsys):
+    assert main(["inspect", run_url]) == 0
+    out = capsys.readouterr().out
+    for text in ("test-run", "schema         1.0", "command        pytest", "5 x up to 5 samples",
+                 "23 of 23 requested", "sha256 and tar contents match", "No Finding"):
+        assert text in out
+
+
+def test_inspect_one_sample(run_url, tmp_path, capsys):
+    out_dir = tmp_path / "sample"
+    assert main(["inspect", run_url, "--sample", "7", "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "FINDINGS: sample 7." in printed and '"index": 7' in printed
+    expected = next(s for s in samples() if s.index == 7)
+    assert (out_dir / "test-run-0000000007.txt").read_text() == expected.report
+    assert (out_dir / "test-run-0000000007.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def corrupt_manifest_not_json(url):
+    storage.atomic_put(storage.join(url, "manifest.json"), b"{ this is not json")
+    return "manifest.json: not valid JSON"
+
+
+def corrupt_schema_version(url):
+    manifest = json.loads(storage.read_bytes(storage.join(url, "manifest.json")))
+    manifest["schema_version"] = "9.9"
+    storage.atomic_put(storage.join(url, "manifest.json"), json.dumps(manifest).encode())
+    return "manifest.json: schema_version '9.9' is not supported"
+
+
+def corrupt_missing_shard(url):
+    storage.remove(storage.join(url, shard_name(2)))
+    return f"{shard_name(2)}: listed as committed but missing"
+
+
+def corrupt_sha256(url):
+    shard = storage.join(url, shard_name(1))
+    data = bytearray(storage.read_bytes(shard))
+    data[700] ^= 0xFF
+    storage.atomic_put(shard, bytes(data))
+    return f"{shard_name(1)}: sha256"
+
+
+def corrupt_truncated_tar(url):
+    shard = storage.join(url, shard_name(3))
+    storage.atomic_put(shard, storage.read_bytes(shard)[:3000])
+    return f"{shard_name(3)}: is 3000 bytes, its record says"
+
+
+def corrupt_field(url):
+    manifest = json.loads(storage.read_bytes(storage.join(url, "manifest.json")))
+    manifest["shards"][3]["sha256"] = "not-a-hash"
+    storage.atomic_put(storage.join(url, "manifest.json"), json.dumps(manifest).encode())
+    return "manifest.json: shards[3].sha256: 'not-a-hash' does not match"
+
+
+@pytest.mark.parametrize("corrupt", [corrupt_manifest_not_json, corrupt_schema_version, corrupt_missing_shard,
+                                     corrupt_sha256, corrupt_truncated_tar, corrupt_field])
+def test_bad_run_gives_one_line_error_and_changes_nothing(run_url, corrupt, capsys):
+    expected = corrupt(run_url)
+    before = snapshot(run_url)
+    assert main(["inspect", run_url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    error_line = err.splitlines()[-1].split("\r")[-1]  # after the progress bar, if any
+    assert error_line.startswith("medsynth inspect: error: ") and expected in error_line, err
+    assert snapshot(run_url) == before
+
+
+def test_resume_over_an_unreadable_manifest_refuses_and_keeps_everything(run_url):
+    corrupt_manifest_not_json(run_url)
+    before = snapshot(run_url)
+    with pytest.raises(BadInputError, match="manifest.json: not valid JSON"):
+        write_run(samples(), run_url, spec(), progress=False)
+    assert snapshot(run_url) == before
+
+
+def test_truncated_tar_with_matching_record_is_caught(tmp_path):
+    """Even when the record agrees with a truncated file, the tar reader rejects it."""
+    from factory.produce.shards import read_tar_keys
+
+    write_run(samples(), str(tmp_path), spec(), progress=False)
+    data = (tmp_path / shard_name(0)).read_bytes()
+    with pytest.raises(BadInputError, match="truncated"):
+        read_tar_keys(data[:2048], "shard.tar")
+    with pytest.raises(BadInputError, match="truncated"):
+        read_tar_keys(data[:1000], "shard.tar")
+
+
+def test_not_a_run(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "manifest.json: no manifest" in capsys.readouterr().err
+
+
+def test_console_script_exit_code(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "factory", "inspect", str(tmp_path / "none")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "no manifest" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_schema_errors_name_file_and_field():
+    with pytest.raises(BadInputError, match=r"^bundle\.json: files\[0\]\.sha256: "):
+        validate({"schema_version": "1.0", "bundle_id": "b", "recipe": "emixer", "created_at": "2026-01-01T00:00:00Z",
+                  "model_config": {}, "label_names": [], "training_data": {"fingerprint": "x"}, "metrics": {},
+                  "files": [{"name": "w.safetensors", "bytes": 1, "sha256": "zz"}], "sha256": "0" * 64},
+                 "bundle", "bundle.json")
+    with pytest.raises(BadInputError, match=r"^s\.json: source: 'bundle_id' is a required property"):
+        parse_json(json.dumps({"schema_version": "1.0", "run_id": "r", "index": 0, "seed": 0, "kind": "pair",
+                               "source": {"kind": "bundle", "recipe": "emixer"}}), "sample", "s.json")
+    with pytest.raises(BadInputError, match="run_id"):
+        validate({"schema_version": "1.0", "run_id": "Has.Dots", "index": 0, "seed": 0, "kind": "pair",
+                  "source": {"kind": "phantom", "recipe": "x"}}, "sample", "s.json")
