@@ -16,7 +16,8 @@ from factory.errors import FactoryError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("factory.demo", "run the whole chain on built-in phantom data, locally"),
     "data": ("factory.data.cli", "write phantom datasets in the layouts of real ones"),
-    "inspect": ("factory.produce.inspect", "summarise a run, or extract one sample"),
+    "produce": ("factory.produce.cli", "produce labelled samples into shards with a Ray actor pool"),
+    "inspect": ("factory.produce.inspect", "summarise and verify a run, or extract one sample"),
 }
 
 

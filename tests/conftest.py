@@ -60,3 +60,14 @@ def storage_root(request, tmp_path) -> str:
     if request.param == "local":
         return str(tmp_path / "store")
     return request.getfixturevalue("s3_root")
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
+    """One local Ray instance for the session, started after the S3 variables are set so that its
+    workers inherit them (as pods inherit them from a Secret on a cluster)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

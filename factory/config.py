@@ -1,0 +1,94 @@
+"""Job configurations: pydantic models, read from YAML with `key=value` overrides, echoed into
+manifests and checkpoints. A validation error names the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from factory.errors import BadInputError
+
+Config = TypeVar("Config", bound=BaseModel)
+
+
+class JobConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProduceConfig(JobConfig):
+    """`medsynth produce` / jobs/produce.py."""
+
+    out: str = Field(description="output URL for shards and manifest (local path or s3://)")
+    count: int = Field(gt=0, description="samples to produce")
+    bundle: str | None = Field(None, description="generator bundle URL")
+    source: Literal["phantom-cxr"] | None = Field(None, description="built-in phantom instead of a bundle")
+    actors: int = Field(1, gt=0)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    shard_size: int = Field(1000, gt=0)
+    batch_size: int = Field(32, gt=0)
+    seed: int = Field(0, ge=0)
+    size: int = Field(64, ge=16, le=1024, description="image side (phantom source)")
+    run_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.bundle is None) == (self.source is None):
+            raise ValueError("give exactly one of bundle and source")
+        return self
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+def parse_overrides(pairs: list[str] | None, source: str) -> dict:
+    """`key=value` pairs (dotted keys for nesting; values parsed as YAML scalars)."""
+    overrides: dict = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise BadInputError(source, f"override {pair!r} is not key=value")
+        key, value = pair.split("=", 1)
+        _set_dotted(overrides, key.strip(), yaml.safe_load(value))
+    return overrides
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def validate_config(model: type[Config], data: dict, source: str) -> Config:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(config)"
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise BadInputError(source, f"{field}: {first['msg']}{more}") from err
+
+
+def load_config(model: type[Config], path: str | Path | None, overrides: list[str] | None = None,
+                values: dict | None = None) -> Config:
+    """Read YAML from `path` (optional), apply `key=value` overrides, then typed `values`, validate."""
+    source = str(path) if path else "command line"
+    data: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as err:
+            raise BadInputError(source, f"cannot read ({err.strerror})") from err
+        except yaml.YAMLError as err:
+            raise BadInputError(source, f"not valid YAML ({err})") from err
+        if not isinstance(data, dict):
+            raise BadInputError(source, "must be a mapping of settings")
+    merged = _merge(_merge(data, parse_overrides(overrides, source)), values or {})
+    return validate_config(model, merged, source)

@@ -1,0 +1,161 @@
+"""The production actor pool: shard indices out, committed shards back, the manifest last.
+
+Each actor builds its producer once (a bundle loads once per actor, onto its GPU when it has one),
+is handed shard indices, generates in batches while a thread pool encodes the previous batch, and
+writes its shards straight to storage. Only shard indices and small commit records cross the driver,
+so the driver's memory does not grow with the run. A shard whose actor dies goes back to the queue
+and a replacement actor takes over; an interrupted run resumes from its committed shards.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+
+from factory import storage
+from factory.errors import FactoryError
+from factory.produce.manifest import build_manifest, existing_manifest, write_manifest
+from factory.produce.producers import build_producer
+from factory.produce.samples import Dropped, EncodedSample, encode_sample
+from factory.produce.shards import RunSpec, write_encoded_shard
+from factory.produce.writer import committed_shards
+
+log = logging.getLogger(__name__)
+
+# glibc returns every large tensor buffer to the kernel (mmap/munmap per allocation) by default; on
+# CPU generators that costs more than the maths. Keeping freed memory in the heap avoids it.
+ACTOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+MAX_ACTOR_REPLACEMENTS = 8
+
+
+class ShardWorker:
+    """Generates, encodes and writes whole shards. Used inside a Ray actor, or directly."""
+
+    def __init__(self, producer_spec: dict[str, Any], out: str, spec: RunSpec, batch_size: int = 32,
+                 encode_threads: int = 2):
+        self.producer = build_producer(producer_spec, spec.seed)
+        self.out, self.spec, self.batch_size = out, spec, batch_size
+        self.encoder = ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="encode")
+
+    def _encoded(self, shard_index: int) -> Iterator[EncodedSample | Dropped]:
+        """Encoded samples in order; batch k+1 is generated while batch k is being encoded."""
+        slots = self.spec.slots(shard_index)
+        pending: collections.deque = collections.deque()
+        for start in range(slots.start, slots.stop, self.batch_size):
+            batch = self.producer.make_batch(range(start, min(start + self.batch_size, slots.stop)))
+            while pending:
+                yield pending.popleft().result()
+            for item in batch:
+                pending.append(self.encoder.submit(self._encode, item))
+        while pending:
+            yield pending.popleft().result()
+
+    def _encode(self, item):
+        if isinstance(item, Dropped):
+            return item
+        return encode_sample(item, self.spec.run_id, self.spec.seed)
+
+    def write(self, shard_index: int) -> dict[str, Any]:
+        return write_encoded_shard(self.out, self.spec, shard_index, self._encoded(shard_index))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _ray():
+    import ray
+
+    if not ray.is_initialized():
+        # RAY_ADDRESS, when set, points at an existing cluster; otherwise a local one starts.
+        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    return ray
+
+
+def produce(
+    producer_spec: dict[str, Any],
+    out: str,
+    spec: RunSpec,
+    actors: int = 1,
+    cpus_per_actor: float = 1.0,
+    gpus_per_actor: float = 0.0,
+    batch_size: int = 32,
+    progress: bool = True,
+    actor_name_prefix: str | None = None,
+) -> dict[str, Any]:
+    """Write the run described by `spec` with a pool of `actors` Ray actors; return its manifest."""
+    from tqdm import tqdm
+
+    manifest = existing_manifest(out, spec)
+    if manifest is not None:
+        log.info("%s already holds the finished run %s", out, spec.run_id)
+        return manifest
+    records = committed_shards(out, spec)
+    queue = collections.deque(i for i in range(spec.num_shards) if i not in records)
+    ray = _ray()
+    actor_class = ray.remote(ShardWorker)
+    actor_options = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor, "runtime_env": {"env_vars": ACTOR_ENV}}
+    prefix = actor_name_prefix or f"medsynth-{spec.run_id}"
+    created = 0
+
+    def new_actor():
+        nonlocal created
+        name = f"{prefix}-{created}"
+        created += 1
+        return actor_class.options(name=name, **actor_options).remote(producer_spec, out, spec, batch_size)
+
+    pool = [new_actor() for _ in range(min(actors, len(queue)) or 0)]
+    in_flight: dict[Any, tuple[Any, int]] = {}  # future -> (actor, shard index)
+    replacements = 0
+    bar = tqdm(total=spec.requested, desc=f"produce {spec.run_id}", unit="sample", disable=not progress,
+               smoothing=0.1)
+    bar.update(sum(len(spec.slots(i)) for i in records))
+    try:
+        def dispatch(actor):
+            # Two shards per actor in flight, so an actor never waits for the driver between shards.
+            while queue and sum(1 for a, _ in in_flight.values() if a is actor) < 2:
+                shard_index = queue.popleft()
+                in_flight[actor.write.remote(shard_index)] = (actor, shard_index)
+
+        for actor in pool:
+            dispatch(actor)
+        while in_flight:
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            actor, shard_index = in_flight.pop(done[0])
+            try:
+                record = ray.get(done[0])
+            except ray.exceptions.RayActorError as err:
+                replacements += 1
+                if replacements > MAX_ACTOR_REPLACEMENTS:
+                    raise FactoryError(f"run {spec.run_id}: actors keep dying ({err})") from err
+                log.warning("actor for shard %d died; the shard goes back to the queue", shard_index)
+                queue.appendleft(shard_index)
+                for future, (other, index) in list(in_flight.items()):
+                    if other is actor:  # its other shard is lost with it
+                        del in_flight[future]
+                        queue.appendleft(index)
+                pool.remove(actor)
+                actor = new_actor()
+                pool.append(actor)
+                dispatch(actor)
+                continue
+            records[shard_index] = record
+            bar.update(len(spec.slots(shard_index)))
+            dispatch(actor)
+    finally:
+        bar.close()
+        for actor in pool:
+            ray.kill(actor)
+    manifest = build_manifest(spec, records.values())
+    _remove_stale_partials(out)
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _remove_stale_partials(out: str) -> None:
+    """Temporary files of writers that were killed mid-shard (local and memory stores only)."""
+    for name in storage.list_names(out):
+        if name.startswith(".") and name.endswith(".partial"):
+            storage.remove(storage.join(out, name))
