@@ -47,7 +47,29 @@ def main(argv: list[str] | None = None) -> int:
     except FactoryError as err:
         print(f"medsynth {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and friends
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"medsynth {args.command}: interrupted; committed shards are kept, run again to resume",
               file=sys.stderr)
         return 130
+
+
+def job_main(config_model, runner, argv: list[str] | None = None) -> int:
+    """Shared body of the Ray job entrypoints in jobs/: `--config YAML [--set key=value ...]`, validate,
+    run, print a one-line result; user errors end as one line and exit code 2."""
+    from factory.config import load_config
+
+    parser = argparse.ArgumentParser(description=config_model.__doc__)
+    parser.add_argument("--config", required=True, help="YAML file of settings")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(config_model, args.config, args.set)
+        print(runner(config, " ".join(["python", *sys.argv])))
+    except FactoryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
