@@ -18,6 +18,22 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class GateConfig(JobConfig):
+    """A quality gate (factory.produce.gates): drop samples whose score falls outside [min, max]."""
+
+    scorer: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="importable module:function")
+    min: float | None = None
+    max: float | None = None
+    reason: str | None = None
+    quality_key: str | None = None
+
+    @model_validator(mode="after")
+    def _a_bound(self):
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        return self
+
+
 class ProduceConfig(JobConfig):
     """`medsynth produce` / jobs/produce.py."""
 
@@ -33,6 +49,7 @@ class ProduceConfig(JobConfig):
     seed: int = Field(0, ge=0)
     size: int = Field(64, ge=16, le=1024, description="image side (phantom source)")
     run_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    gates: tuple[GateConfig, ...] = Field((), description="quality gates applied before writing")
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -100,3 +100,20 @@ def test_interrupted_driver_resumes_to_exactly_once(tmp_path):
     manifest = read_manifest(str(out))
     assert all_keys(str(out), manifest) == [manifest["run_id"] + f"-{i:010d}" for i in range(1200)]
     verify_run(str(out), manifest)
+
+
+def test_quality_gate_drops_before_writing_and_manifest_counts(ray_local, tmp_path):
+    from factory.produce.gates import image_contrast
+    from factory.produce.producers import PhantomPairProducer
+
+    contrasts = image_contrast(PhantomPairProducer(3, 32).make_batch(range(30)))
+    threshold = float(sorted(contrasts)[10])  # the 10 flattest of 30 fall below
+    gate = {"scorer": "factory.produce.gates:image_contrast", "min": threshold, "reason": "flat-image",
+            "quality_key": "contrast"}
+    out = str(tmp_path / "gated")
+    manifest = produce(PRODUCER, out, run_spec(count=30, shard_size=10), actors=2, gates=[gate], progress=False)
+    assert manifest["dropped"] == {"flat-image": 10}
+    assert manifest["count"] == 20 and sum(s["count"] for s in manifest["shards"]) == 20
+    kept = sorted(i for i, c in enumerate(contrasts) if c >= threshold)
+    assert all_keys(out, manifest) == [f"pool-test-{i:010d}" for i in kept]
+    verify_run(out, manifest)

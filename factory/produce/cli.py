@@ -13,6 +13,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML ProduceConfig; flags below override it")
     fields = ProduceConfig.model_fields
     for name, info in fields.items():
+        if name == "gates":  # a list of mappings: YAML only
+            continue
         flag = "--" + name.replace("_", "-")
         kind = {int: int, float: float}.get(info.annotation, str)
         parser.add_argument(flag, dest=name, type=kind, help=info.description)
@@ -22,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from factory.config import load_config
     from factory.produce.runs import run_production
 
-    flags = {name: getattr(args, name) for name in ProduceConfig.model_fields if getattr(args, name) is not None}
+    flags = {name: getattr(args, name, None) for name in ProduceConfig.model_fields}
+    flags = {name: value for name, value in flags.items() if value is not None}
     config = load_config(ProduceConfig, args.config, values=flags)
     manifest = run_production(config, command=shlex.join(["medsynth", *sys.argv[1:]]))
     print(f"run {manifest['run_id']}: {manifest['count']} samples in {len(manifest['shards'])} shards "

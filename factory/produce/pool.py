@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from factory import storage
 from factory.errors import FactoryError
+from factory.produce.gates import build_gate
 from factory.produce.manifest import build_manifest, existing_manifest, write_manifest
 from factory.produce.producers import build_producer
 from factory.produce.samples import Dropped, EncodedSample, encode_sample
@@ -35,8 +36,9 @@ class ShardWorker:
     """Generates, encodes and writes whole shards. Used inside a Ray actor, or directly."""
 
     def __init__(self, producer_spec: dict[str, Any], out: str, spec: RunSpec, batch_size: int = 32,
-                 encode_threads: int = 2):
+                 gates: list[dict[str, Any]] | None = None, encode_threads: int = 2):
         self.producer = build_producer(producer_spec, spec.seed)
+        self.gates = [build_gate(g) for g in gates or []]
         self.out, self.spec, self.batch_size = out, spec, batch_size
         self.encoder = ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="encode")
 
@@ -46,6 +48,8 @@ class ShardWorker:
         pending: collections.deque = collections.deque()
         for start in range(slots.start, slots.stop, self.batch_size):
             batch = self.producer.make_batch(range(start, min(start + self.batch_size, slots.stop)))
+            for gate in self.gates:
+                batch = gate.apply(batch)
             while pending:
                 yield pending.popleft().result()
             for item in batch:
@@ -82,6 +86,7 @@ def produce(
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
     batch_size: int = 32,
+    gates: list[dict[str, Any]] | None = None,
     progress: bool = True,
     actor_name_prefix: str | None = None,
 ) -> dict[str, Any]:
@@ -104,7 +109,7 @@ def produce(
         nonlocal created
         name = f"{prefix}-{created}"
         created += 1
-        return actor_class.options(name=name, **actor_options).remote(producer_spec, out, spec, batch_size)
+        return actor_class.options(name=name, **actor_options).remote(producer_spec, out, spec, batch_size, gates)
 
     pool = [new_actor() for _ in range(min(actors, len(queue)) or 0)]
     in_flight: dict[Any, tuple[Any, int]] = {}  # future -> (actor, shard index)

@@ -14,7 +14,8 @@ def production_spec(config: ProduceConfig, command: str = "") -> tuple[dict[str,
     if config.bundle is not None:
         raise FactoryError(f"{config.bundle}: producing from bundles is not available yet; use source: phantom-cxr")
     producer = {"type": config.source, "size": config.size}
-    settings = {"producer": producer, "shard_size": config.shard_size, "batch_size": config.batch_size}
+    gates = [gate.model_dump(exclude_none=True) for gate in config.gates]
+    settings = {"producer": producer, "shard_size": config.shard_size, "batch_size": config.batch_size, "gates": gates}
     # Same settings, same run id: running the same command again resumes instead of starting over.
     run_id = config.run_id or f"{config.source}-s{config.seed}-{canonical_sha256([settings, config.count])[:8]}"
     spec = RunSpec(run_id=run_id, requested=config.count, shard_size=config.shard_size, seed=config.seed,
@@ -25,4 +26,5 @@ def production_spec(config: ProduceConfig, command: str = "") -> tuple[dict[str,
 def run_production(config: ProduceConfig, command: str = "", progress: bool = True) -> dict[str, Any]:
     producer, spec = production_spec(config, command)
     return produce(producer, config.out, spec, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
-                   gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size, progress=progress)
+                   gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size,
+                   gates=spec.config["gates"], progress=progress)
