@@ -1,0 +1,1 @@
+"""Capacity and quality benchmarks: each writes JSON results and a Markdown table."""

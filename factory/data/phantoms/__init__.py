@@ -1,0 +1,1 @@
+"""Phantom simulators: procedurally drawn chest radiographs and head CT/MRI/PET."""
