@@ -16,8 +16,10 @@ from factory.errors import FactoryError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("factory.demo", "run the whole chain on built-in phantom data, locally"),
     "data": ("factory.data.cli", "write phantom datasets in the layouts of real ones"),
+    "bundle": ("factory.models.cli", "write an untrained generator bundle of a recipe's shape"),
     "produce": ("factory.produce.cli", "produce labelled samples into shards with a Ray actor pool"),
     "inspect": ("factory.produce.inspect", "summarise and verify a run, or extract one sample"),
+    "bench": ("factory.bench.cli", "run a benchmark and write its JSON results"),
 }
 
 

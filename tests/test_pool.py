@@ -13,6 +13,7 @@ import time
 import pytest
 
 from factory import storage
+from factory.errors import BadInputError
 from factory.produce.manifest import read_manifest, verify_run
 from factory.produce.pool import produce
 from factory.produce.producers import PhantomPairProducer
@@ -117,3 +118,40 @@ def test_quality_gate_drops_before_writing_and_manifest_counts(ray_local, tmp_pa
     kept = sorted(i for i, c in enumerate(contrasts) if c >= threshold)
     assert all_keys(out, manifest) == [f"pool-test-{i:010d}" for i in kept]
     verify_run(out, manifest)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    from factory.models.cli import init_bundle
+
+    url = str(tmp_path_factory.mktemp("bundle") / "emixer")
+    init_bundle(url, "emixer", size=32, width=8, seed=1)
+    return url
+
+
+def test_bundle_production_is_identical_with_one_or_two_actors(ray_local, tiny_bundle, tmp_path):
+    from factory.config import ProduceConfig
+    from factory.produce.runs import production_spec
+
+    config = ProduceConfig(bundle=tiny_bundle, count=36, shard_size=10, batch_size=4, out=str(tmp_path / "x"))
+    producer, spec = production_spec(config)
+    one = produce(producer, str(tmp_path / "one"), spec, actors=1, batch_size=4, progress=False)
+    two = produce(producer, str(tmp_path / "two"), spec, actors=2, batch_size=4, progress=False)
+    assert [s["sha256"] for s in one["shards"]] == [s["sha256"] for s in two["shards"]]
+    assert all_keys(str(tmp_path / "two"), two) == [f"{spec.run_id}-{i:010d}" for i in range(36)]
+    assert spec.run_id.startswith("emixer-s0-")
+
+
+def test_explicit_label_counts_are_honoured(ray_local, tiny_bundle, tmp_path):
+    from factory.config import ProduceConfig
+    from factory.produce.runs import run_production
+
+    counts = tmp_path / "labels.yaml"
+    counts.write_text("No Finding: 5\nCardiomegaly+Pleural Effusion: 7\nEdema: 3\n")
+    out = str(tmp_path / "run")
+    manifest = run_production(ProduceConfig(bundle=tiny_bundle, count=15, shard_size=6, out=out, actors=2,
+                                            labels=str(counts)), progress=False)
+    assert manifest["label_histogram"] == {"No Finding": 5, "Cardiomegaly": 7, "Pleural Effusion": 7, "Edema": 3}
+    with pytest.raises(BadInputError, match="labels.yaml: label counts add up to 15, not the run's count 16"):
+        run_production(ProduceConfig(bundle=tiny_bundle, count=16, shard_size=6, out=str(tmp_path / "bad"),
+                                     labels=str(counts)), progress=False)

@@ -132,6 +132,8 @@ def produce(
             try:
                 record = ray.get(done[0])
             except ray.exceptions.RayActorError as err:
+                if getattr(err, "actor_init_failed", False):  # a bad bundle or spec: replacing cannot help
+                    raise FactoryError(f"run {spec.run_id}: production actor failed to start: {err}") from err
                 replacements += 1
                 if replacements > MAX_ACTOR_REPLACEMENTS:
                     raise FactoryError(f"run {spec.run_id}: actors keep dying ({err})") from err

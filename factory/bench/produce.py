@@ -1,0 +1,266 @@
+"""Capacity benchmark of production: `medsynth bench produce`.
+
+Measures, in one run with one bundle: the generator alone (1 process, and one process per core),
+with glibc's default malloc and with the factory's actor settings; encoding alone; writing alone
+(local folder and S3 endpoint); a naive single-process generate-encode-write loop; Ray Data
+(`map_batches` on an actor pool, then `write_webdataset`); and the factory's actor pool with 1 and
+2 actors into a local folder and into S3. Writes JSON (with the machine's description) and prints
+a table. With no --bundle, an untrained EMIXER bundle of the requested size is made first: it has
+the shape and cost of a trained one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from factory.produce.pool import ACTOR_ENV
+
+STAGE_SCRIPT = "factory.bench.produce"
+
+
+def machine() -> dict[str, Any]:
+    import ray
+    import torch
+
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "ray": ray.__version__, "cuda": torch.cuda.is_available(),
+            "processor": platform.processor() or platform.machine()}
+
+
+def _producer(bundle: str, count: int):
+    from factory.produce.producers import BundlePairProducer
+
+    return BundlePairProducer(seed=0, bundle_url=bundle, labels="balanced", count=count)
+
+
+def generate_only(bundle: str, count: int, batch: int) -> dict[str, float]:
+    """In this process, one thread: samples/s of the generator (images and reports, no encoding)."""
+    import torch
+
+    torch.set_num_threads(1)
+    producer = _producer(bundle, count)
+    producer.make_batch(range(0, batch))  # warm-up: first-call allocations and kernel selection
+    started = time.perf_counter()
+    for start in range(0, count, batch):
+        producer.make_batch(range(start, min(start + batch, count)))
+    seconds = time.perf_counter() - started
+    return {"samples": count, "seconds": seconds, "samples_per_s": count / seconds}
+
+
+def _stage_in_subprocess(stage: str, bundle: str, count: int, batch: int, env: dict[str, str]) -> subprocess.Popen:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    environment.update(env, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", STAGE_SCRIPT, "_stage", stage, bundle, str(count), str(batch)],
+                            stdout=subprocess.PIPE, text=True, env=environment)
+
+
+def generator_alone(bundle: str, count: int, batch: int, processes: int, tuned_malloc: bool) -> dict[str, float]:
+    """Generator throughput of `processes` concurrent single-threaded processes (fresh, so glibc reads
+    the malloc settings at start)."""
+    env = ACTOR_ENV if tuned_malloc else {}
+    started = time.perf_counter()
+    workers = [_stage_in_subprocess("generate", bundle, count // processes, batch, env) for _ in range(processes)]
+    results = [json.loads(w.communicate()[0].strip().splitlines()[-1]) for w in workers]
+    wall = time.perf_counter() - started
+    total = sum(r["samples"] for r in results)
+    rate = sum(r["samples_per_s"] for r in results)  # excludes each process's start-up and model load
+    return {"samples": total, "samples_per_s": rate, "wall_seconds_with_startup": wall}
+
+
+def encode_and_write(bundle: str, count: int, batch: int, s3_root: str | None, scratch: str) -> dict[str, Any]:
+    from factory.produce.samples import encode_sample
+    from factory.produce.shards import RunSpec, write_encoded_shard
+
+    producer = _producer(bundle, count)
+    samples = producer.make_batch(range(0, count))
+    started = time.perf_counter()
+    encoded = [encode_sample(s, "bench", 0) for s in samples]
+    encode_seconds = time.perf_counter() - started
+    megabytes = sum(len(v) for e in encoded for k, v in e.members.items() if k != "__key__") / 2**20
+    spec = RunSpec(run_id="bench", requested=count, shard_size=count, seed=0, sample_kind="pair")
+    result: dict[str, Any] = {"encode": {"samples_per_s": count / encode_seconds, "mb_per_s": megabytes / encode_seconds}}
+    targets = {"local": os.path.join(scratch, "write-only")}
+    if s3_root:
+        targets["s3"] = f"{s3_root}/write-only"
+    for name, out in targets.items():
+        started = time.perf_counter()
+        write_encoded_shard(out, spec, 0, encoded)
+        seconds = time.perf_counter() - started
+        result[f"write_{name}"] = {"samples_per_s": count / seconds, "mb_per_s": megabytes / seconds}
+    return result
+
+
+def naive_loop(bundle: str, count: int, batch: int, out: str) -> dict[str, float]:
+    """One process, one thread, no overlap: generate a batch, encode it, append it to a tar."""
+    import torch
+    import webdataset as wds
+
+    from factory.produce.samples import encode_sample
+
+    torch.set_num_threads(1)
+    producer = _producer(bundle, count)
+    os.makedirs(out, exist_ok=True)
+    started = time.perf_counter()
+    with open(os.path.join(out, "naive.tar"), "wb") as f:
+        tar = wds.TarWriter(f, encoder=False, mtime=0)
+        for start in range(0, count, batch):
+            for sample in producer.make_batch(range(start, min(start + batch, count))):
+                tar.write(encode_sample(sample, "bench", 0).members)
+        tar.close()
+    seconds = time.perf_counter() - started
+    return {"samples_per_s": count / seconds, "mb_per_s": os.path.getsize(os.path.join(out, "naive.tar")) / 2**20 / seconds}
+
+
+def ray_data(bundle: str, count: int, batch: int, out: str, actors: int) -> dict[str, float]:
+    """Ray Data as a peer: range -> map_batches(actor pool) -> write_webdataset."""
+    import numpy as np
+    import ray
+
+    from factory.produce.samples import encode_sample
+
+    class Generate:
+        def __init__(self):
+            self.producer = _producer(bundle, count)
+
+        def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, list]:
+            ids = rows["id"]
+            columns: dict[str, list] = {"__key__": [], "png": [], "txt": [], "cls": [], "json": []}
+            for sample in self.producer.make_batch(range(int(ids[0]), int(ids[-1]) + 1)):
+                members = encode_sample(sample, "bench", 0).members
+                for key in columns:
+                    columns[key].append(members[key])
+            return columns
+
+    started = time.perf_counter()
+    dataset = ray.data.range(count, override_num_blocks=max(1, count // batch)).map_batches(
+        Generate, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=actors),
+        # Whole CPUs for the actors starve Ray Data's read and write tasks on a small node.
+        num_cpus=0.9, runtime_env={"env_vars": ACTOR_ENV})
+    dataset.write_webdataset(out, encoder=None)
+    seconds = time.perf_counter() - started
+    return {"samples_per_s": count / seconds, "seconds_with_startup": seconds}
+
+
+def pool(bundle: str, count: int, batch: int, out: str, actors: int, shard_size: int) -> dict[str, float]:
+    from factory.produce.pool import produce
+    from factory.produce.shards import RunSpec
+
+    producer = {"type": "bundle-pairs", "bundle": bundle, "labels": "balanced", "count": count}
+    spec = RunSpec(run_id=f"bench-{actors}", requested=count, shard_size=shard_size, seed=0, sample_kind="pair",
+                   config={"producer": producer})
+    started = time.perf_counter()
+    manifest = produce(producer, out, spec, actors=actors, batch_size=batch, progress=False)
+    seconds = time.perf_counter() - started
+    return {"samples_per_s": count / seconds, "mb_per_s": manifest["bytes"] / 2**20 / seconds, "seconds": seconds}
+
+
+def _start_s3():
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        return None, None
+    import socket
+
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    boto3.client("s3").create_bucket(Bucket="bench")
+    return server, "s3://bench"
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [(name, r.get("samples_per_s"), r.get("mb_per_s")) for name, r in results["stages"].items()]
+    lines = [f"{'stage':<44} {'samples/s':>10} {'MB/s':>8}"]
+    lines += [f"{name:<44} {rate:>10.1f} {mb if mb is not None else float('nan'):>8.2f}" for name, rate, mb in rows]
+    lines.append("")
+    lines += [f"{name:<44} {value:>10.2f}" for name, value in results["ratios"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_stage":
+        _, stage, bundle, count, batch = argv
+        print(json.dumps(generate_only(bundle, int(count), int(batch))))
+        return 0
+    parser = argparse.ArgumentParser(prog="medsynth bench produce", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", help="bundle URL (default: an untrained EMIXER bundle at --size)")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--width", type=int, default=16,
+                        help="channel width of the untrained bundle (16: the width the CPU training benchmark uses)")
+    parser.add_argument("--count", type=int, default=1024, help="samples per measurement")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--out", default="docs/bench/produce.json")
+    args = parser.parse_args(argv)
+
+    import logging
+
+    import ray
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 endpoint's request log
+    scratch = tempfile.mkdtemp(prefix="medsynth-bench-")
+    bundle = args.bundle
+    if bundle is None:
+        from factory.models.cli import init_bundle
+
+        bundle = os.path.join(scratch, "bundle")
+        init_bundle(bundle, "emixer", size=args.size, width=args.width, seed=0)
+    server, s3_root = _start_s3()
+    stages: dict[str, Any] = {}
+    print(f"bench produce: {args.count} samples per stage, bundle {bundle}", file=sys.stderr)
+    stages["generator alone, 1 process, default malloc"] = generator_alone(bundle, args.count, args.batch, 1, False)
+    stages["generator alone, 1 process, actor malloc"] = generator_alone(bundle, args.count, args.batch, 1, True)
+    stages["generator alone, 2 processes, actor malloc"] = generator_alone(bundle, args.count, args.batch, 2, True)
+    stages.update({f"{k.replace('_', ' ')} alone": v
+                   for k, v in encode_and_write(bundle, args.count, args.batch, s3_root, scratch).items()})
+    stages["naive loop (1 process)"] = naive_loop(bundle, args.count, args.batch, os.path.join(scratch, "naive"))
+    ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    shard = max(args.count // 8, 1)
+    stages["factory pool, 1 actor, local"] = pool(bundle, args.count, args.batch, os.path.join(scratch, "p1"), 1, shard)
+    stages["factory pool, 2 actors, local"] = pool(bundle, args.count, args.batch, os.path.join(scratch, "p2"), 2, shard)
+    if s3_root:
+        stages["factory pool, 2 actors, S3 endpoint"] = pool(bundle, args.count, args.batch, f"{s3_root}/p2", 2, shard)
+    stages["ray data map_batches + write_webdataset"] = ray_data(bundle, args.count, args.batch,
+                                                                 os.path.join(scratch, "raydata"), 2)
+    ray.shutdown()
+    if server:
+        server.stop()
+    g1 = stages["generator alone, 1 process, actor malloc"]["samples_per_s"]
+    g2 = stages["generator alone, 2 processes, actor malloc"]["samples_per_s"]
+    p1 = stages["factory pool, 1 actor, local"]["samples_per_s"]
+    p2 = stages["factory pool, 2 actors, local"]["samples_per_s"]
+    ratios = {
+        "malloc: actor settings / default (generator)": g1 / stages["generator alone, 1 process, default malloc"]["samples_per_s"],
+        "pool 1 actor / generator alone (1 process)": p1 / g1,
+        "pool 2 actors / generator alone (2 processes)": p2 / g2,
+        "pool 2 actors / pool 1 actor": p2 / p1,
+        "pool 2 actors / ray data": p2 / stages["ray data map_batches + write_webdataset"]["samples_per_s"],
+        "pool 2 actors / naive loop": p2 / stages["naive loop (1 process)"]["samples_per_s"],
+    }
+    results = {"benchmark": "produce", "machine": machine(), "settings": vars(args) | {"bundle": bundle},
+               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": stages, "ratios": ratios}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(table(results))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""Generator bundles: the one format the factory loads trained models from.
+
+A bundle is a folder (local path or any fsspec URL) with two objects:
+- `weights.safetensors`: every network's state dict in one safetensors file, keys prefixed by the
+  network's name ("G.blocks.0.conv1..."). No pickle anywhere.
+- `bundle.json`: metadata per schemas/bundle.schema.json: recipe, model config, label names,
+  vocabulary, training-data fingerprint, metrics, `files` (name, bytes, sha256 of each object) and
+  `sha256`, the hash of the canonical JSON (sorted keys, no spaces) of the metadata without the
+  `sha256` and `bundle_id` fields. The files' hashes are inside that metadata, so the top-level
+  hash covers the weights too. `bundle_id` is `{recipe}-{sha256[:16]}`, derived from it.
+
+The weights are written first and bundle.json last, each atomically, so a reader never sees
+metadata that points at missing weights. `load_bundle` refuses (IntegrityError naming the file) any
+bundle whose bytes or metadata do not match their hashes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from factory import storage
+from factory.errors import BadInputError, IntegrityError
+from factory.models import registry
+from factory.validation import SCHEMA_VERSION, dump_json, parse_json
+
+METADATA_NAME = "bundle.json"
+WEIGHTS_NAME = "weights.safetensors"
+_DERIVED = ("sha256", "bundle_id")
+
+
+@dataclass
+class Bundle:
+    url: str
+    nets: dict[str, nn.Module]
+    model_config: dict[str, Any]
+    label_names: list[str]
+    vocabulary: Any  # factory.data.text.vocab.Vocabulary, or None for image-only models
+    metadata: dict[str, Any]
+
+    @property
+    def bundle_id(self) -> str:
+        return self.metadata["bundle_id"]
+
+    @property
+    def sha256(self) -> str:
+        return self.metadata["sha256"]
+
+    @property
+    def recipe(self) -> str:
+        return self.metadata["recipe"]
+
+
+def metadata_sha256(metadata: Mapping[str, Any]) -> str:
+    """Hash of the metadata without its derived fields (sorted keys, compact separators)."""
+    body = {key: value for key, value in metadata.items() if key not in _DERIVED}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def bundle_id_for(recipe: str, sha256: str) -> str:
+    return f"{recipe.lower()}-{sha256[:16]}"
+
+
+def weights_bytes(nets: Mapping[str, nn.Module | Mapping[str, torch.Tensor]]) -> bytes:
+    """All networks' state dicts as one safetensors blob, keys prefixed by network name."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, net in nets.items():
+        state = net.state_dict() if isinstance(net, nn.Module) else net
+        for key, tensor in state.items():
+            # clone: safetensors refuses tensors that share storage (views, tied weights).
+            tensors[f"{name}.{key}"] = tensor.detach().to("cpu").contiguous().clone()
+    return save_safetensors(tensors)
+
+
+def write_bundle(url: str, recipe: str, nets: Mapping[str, nn.Module | Mapping[str, torch.Tensor]],
+                 model_config: Mapping[str, Any], label_names: Sequence[str],
+                 vocabulary: Mapping[str, Any] | None, training_data: Mapping[str, Any],
+                 metrics: Mapping[str, Any], trained: bool, created_at: str | None = None) -> dict[str, Any]:
+    """Write a bundle under `url` and return its metadata (with bundle_id and sha256)."""
+    weights = weights_bytes(nets)
+    metadata: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "recipe": recipe,
+        "created_at": created_at or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "trained": bool(trained),
+        "model_config": dict(model_config),
+        "label_names": list(label_names),
+        "vocabulary": dict(vocabulary) if vocabulary is not None else None,
+        "training_data": dict(training_data),
+        "metrics": dict(metrics),
+        "files": [{"name": WEIGHTS_NAME, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}],
+    }
+    digest = metadata_sha256(metadata)
+    metadata["sha256"] = digest
+    metadata["bundle_id"] = bundle_id_for(recipe, digest)
+    metadata_url = storage.join(url, METADATA_NAME)
+    document = dump_json(metadata, "bundle", metadata_url)
+    storage.atomic_put(storage.join(url, WEIGHTS_NAME), weights)
+    storage.atomic_put(metadata_url, document)
+    return metadata
+
+
+def read_metadata(url: str) -> dict[str, Any]:
+    """bundle.json, schema-checked and its own hash verified (the files are not read)."""
+    source = storage.join(url, METADATA_NAME)
+    metadata = parse_json(storage.read_bytes(source), "bundle", source)
+    digest = metadata_sha256(metadata)
+    if digest != metadata["sha256"]:
+        raise IntegrityError(source, f"metadata sha256 is {digest}, the bundle says {metadata['sha256']}: "
+                                     "bundle.json was changed after it was written")
+    if metadata["bundle_id"] != bundle_id_for(metadata["recipe"], digest):
+        raise IntegrityError(source, f"bundle_id {metadata['bundle_id']!r} does not match its sha256")
+    return metadata
+
+
+def load_bundle(url: str, device: str | torch.device = "cpu") -> Bundle:
+    """Verify and load a bundle: networks rebuilt by recipe name, weights loaded, eval mode."""
+    metadata = read_metadata(url)
+    source = storage.join(url, METADATA_NAME)
+    blobs: dict[str, bytes] = {}
+    for entry in metadata["files"]:
+        file_url = storage.join(url, entry["name"])
+        data = storage.read_bytes(file_url)
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != entry["bytes"] or digest != entry["sha256"]:
+            raise IntegrityError(file_url, f"{len(data)} bytes with sha256 {digest}; bundle.json promises "
+                                           f"{entry['bytes']} bytes with sha256 {entry['sha256']}")
+        blobs[entry["name"]] = data
+    weights_url = storage.join(url, WEIGHTS_NAME)
+    if WEIGHTS_NAME not in blobs:
+        raise BadInputError(source, f"files does not list {WEIGHTS_NAME}")
+    try:
+        tensors = load_safetensors(blobs[WEIGHTS_NAME])
+    except SafetensorError as err:
+        raise BadInputError(weights_url, f"not a safetensors file ({err})") from err
+
+    try:
+        config = registry.make_config(metadata["recipe"], metadata["model_config"])
+        nets = registry.build_networks(metadata["recipe"], config)
+    except (KeyError, ValueError) as err:
+        raise BadInputError(source, f"cannot rebuild the networks: {err}") from err
+    for name, net in nets.items():
+        prefix = f"{name}."
+        state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise BadInputError(weights_url, f"weights do not fit network {name}: {err}") from err
+        net.to(device).eval()
+    unused = sorted({key.split(".", 1)[0] for key in tensors} - set(nets))
+    if unused:
+        raise BadInputError(weights_url, f"weights for networks the recipe does not have: {unused}")
+    return Bundle(url=url, nets=nets, model_config=config, label_names=list(metadata["label_names"]),
+                  vocabulary=_vocabulary(metadata.get("vocabulary"), source), metadata=metadata)
+
+
+def _vocabulary(data: Mapping[str, Any] | None, source: str):
+    if data is None:
+        return None
+    from factory.data.text.vocab import Vocabulary
+
+    return Vocabulary.from_json(data, f"{source}: vocabulary")

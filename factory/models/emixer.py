@@ -1,0 +1,348 @@
+"""EMIXER networks (Biswal et al., "EMIXER: End-to-end Multimodal X-ray Generation via Self-supervision").
+
+- G: label-conditioned image generator. z is split into chunks of `z_chunk` (20): the first feeds the
+  4x4 stem (a linear layer), each later chunk one res-block-up, concatenated with the 128-d linear
+  embedding of the multi-hot label vector; conditional batch norm in every block, self-attention
+  before the last block (the paper's three res-blocks, attention, one more res-block at 64x64).
+  The number of up-blocks follows the image size (4 at 64, 5 at 128), so z has 20 x (blocks + 1)
+  dimensions: the paper's 120 at its 128x128, 100 at 64x64.
+- D_image: BigGAN res-block-down trunk with a real/fake linear head, a projection term
+  (label embedding . features, only for labelled samples) and a 4-way rotation head.
+- F: report generator. CNN image encoder (trained from scratch: no pretrained weights here) ->
+  sentence LSTM whose hidden state gives a STOP logit and, through three linear layers, a topic
+  vector -> multi-layer word LSTM fed [topic, <bos>, words...] for every sentence in parallel.
+- D_report: LSTMs over the report's word embeddings: a word LSTM per sentence, then a sentence LSTM
+  over the sentences' final states (padding rows and words included, as real reports have them).
+- D_joint: image CNN trunk + report LSTM, concatenated, MLP head.
+Conv and linear layers of G and the discriminators are spectral-normalised; LSTMs are not.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from factory.data.labels import CXR_LABELS
+from factory.data.text.vocab import Vocabulary
+from factory.models.blocks import ImageEncoder, ResBlockUp, SelfAttention, embed_tokens, sn
+
+NET_NAMES = ("G", "F", "D_image", "D_report", "D_joint")
+
+# Architecture first, then the training hyper-parameters the recipe reads (paper values where it
+# gives them); the whole dict is stored in bundles.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "image_size": 64,
+    "channels": 1,
+    "num_labels": len(CXR_LABELS),
+    "z_chunk": 20,
+    "class_embedding": 128,
+    "g_width": 32,
+    "d_width": 32,
+    "attention": True,
+    "vocab_size": 512,
+    "max_sentences": 8,
+    "max_words": 24,
+    "f_width": 16,
+    "image_feature": 512,
+    "word_embedding": 128,
+    "hidden": 256,
+    "word_layers": 3,
+    "d_text_hidden": 128,
+    # training
+    "lr": {"G": 5e-5, "F": 5e-5, "D_image": 2e-4, "D_report": 2e-4, "D_joint": 2e-4},
+    "betas": [0.0, 0.999],
+    "d_steps": 2,
+    "label_fraction": 1.0,
+    "label_seed": 0,
+    "rotation_weight_d": 1.0,
+    "rotation_weight_g": 0.2,
+    "report_weight": 1.0,
+    "joint_weight": 1.0,
+    "mle_weight": 1.0,
+    "gumbel_temperature": 1.0,
+}
+
+
+def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """The full model config: defaults updated by `overrides` and keyword arguments, checked.
+
+    Raises ValueError on an unknown key or an impossible value.
+    """
+    config = {**DEFAULT_CONFIG, **dict(overrides or {}), **kwargs}
+    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise ValueError(f"unknown EMIXER config keys: {unknown}")
+    size = config["image_size"]
+    if not isinstance(size, int) or size < 16 or size & (size - 1):
+        raise ValueError(f"image_size must be a power of two >= 16, not {size!r}")
+    if set(config["lr"]) != set(NET_NAMES):
+        raise ValueError(f"lr must give a learning rate for each of {list(NET_NAMES)}")
+    if not 0.0 <= config["label_fraction"] <= 1.0:
+        raise ValueError(f"label_fraction must lie in [0, 1], not {config['label_fraction']!r}")
+    if config["vocab_size"] <= Vocabulary.unk_id:
+        raise ValueError("vocab_size must exceed the 4 special tokens")
+    for key in ("channels", "num_labels", "z_chunk", "class_embedding", "g_width", "d_width", "f_width",
+                "max_sentences", "max_words", "image_feature", "word_embedding", "hidden", "word_layers",
+                "d_text_hidden", "d_steps"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ValueError(f"{key} must be a positive integer, not {config[key]!r}")
+    config["betas"] = list(config["betas"])
+    return config
+
+
+def up_blocks(image_size: int) -> int:
+    return int(math.log2(image_size // 4))
+
+
+def z_dim(config: Mapping[str, Any]) -> int:
+    return config["z_chunk"] * (up_blocks(config["image_size"]) + 1)
+
+
+class Generator(nn.Module):
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        n_up = up_blocks(config["image_size"])
+        width = config["g_width"]
+        out_channels = [width * min(2 ** (n_up - 1 - i), 8) for i in range(n_up)]
+        in_channels = [out_channels[0], *out_channels[:-1]]
+        self.z_chunk = config["z_chunk"]
+        self.z_dim = z_dim(config)
+        cond_dim = self.z_chunk + config["class_embedding"]
+        self.class_embed = sn(nn.Linear(config["num_labels"], config["class_embedding"], bias=False))
+        self.stem = sn(nn.Linear(self.z_chunk, out_channels[0] * 16))
+        self.blocks = nn.ModuleList(ResBlockUp(i, o, cond_dim) for i, o in zip(in_channels, out_channels))
+        self.attention = SelfAttention(out_channels[-2]) if config["attention"] else None
+        self.out_bn = nn.BatchNorm2d(out_channels[-1], eps=1e-4)
+        self.out_conv = sn(nn.Conv2d(out_channels[-1], config["channels"], 3, padding=1))
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, z_dim) noise and (B, num_labels) multi-hot labels -> (B, C, S, S) images in [-1, 1]."""
+        chunks = torch.split(z, self.z_chunk, dim=1)
+        y = self.class_embed(labels)
+        h = self.stem(chunks[0]).view(z.shape[0], -1, 4, 4)
+        for i, block in enumerate(self.blocks):
+            h = block(h, torch.cat([chunks[i + 1], y], dim=1))
+            if self.attention is not None and i == len(self.blocks) - 2:
+                h = self.attention(h)
+        return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
+
+
+class ImageDiscriminator(nn.Module):
+    """D(I, y) = c_rf(phi(I)) + [labelled] y^T W phi(I), plus rotation logits Q(r | I)."""
+
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        self.trunk = ImageEncoder(config["image_size"], config["channels"], config["d_width"])
+        features = self.trunk.out_channels
+        self.real_fake = sn(nn.Linear(features, 1))
+        self.projection = sn(nn.Linear(config["num_labels"], features, bias=False))
+        self.rotation = sn(nn.Linear(features, 4))
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+                labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adversarial logits (B,) and rotation logits (B, 4). Samples with labelled False (or all,
+        when labels is None) get no projection term, so their labels neither count nor get gradients."""
+        h = self.trunk(images)
+        logits = self.real_fake(h).squeeze(1)
+        if labels is not None:
+            if labelled is not None:
+                # where(), not a product: unknown labels may be NaN, and 0 * NaN is NaN.
+                labels = torch.where(labelled[:, None], labels, torch.zeros_like(labels))
+            logits = logits + (self.projection(labels) * h).sum(dim=1)
+        return logits, self.rotation(h)
+
+
+class ReportGenerator(nn.Module):
+    """F: image -> hierarchical report (max_sentences x max_words token grid)."""
+
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        hidden, embedding = config["hidden"], config["word_embedding"]
+        self.max_sentences, self.max_words = config["max_sentences"], config["max_words"]
+        self.encoder = ImageEncoder(config["image_size"], config["channels"], config["f_width"], spectral=False)
+        self.feature = nn.Linear(self.encoder.out_channels, config["image_feature"])
+        self.sentence_lstm = nn.LSTMCell(config["image_feature"], hidden)
+        self.stop = nn.Linear(hidden, 1)
+        self.topic = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                   nn.Linear(hidden, embedding))
+        self.word_embed = nn.Embedding(config["vocab_size"], embedding)
+        self.word_lstm = nn.LSTM(embedding, hidden, num_layers=config["word_layers"], batch_first=True)
+        self.word_out = nn.Linear(hidden, config["vocab_size"])
+
+    def forward(self, images: torch.Tensor, reports: torch.Tensor | None = None, *, mode: str = "teacher",
+                temperature: float = 1.0, generator: torch.Generator | None = None,
+                max_sentences: int | None = None, max_words: int | None = None):
+        """mode "teacher": given (B, S, W) reports, returns (stop logits (B, S), word logits (B, S, W, V)).
+        mode "greedy" / "sample" (softmax at `temperature`): token ids (B, S, W).
+        mode "gumbel": straight-through Gumbel-softmax one-hot words (B, S, W, V) at `temperature`,
+        differentiable with respect to F (and, through the image, G).
+        Rows after the sentence decoder's STOP and words after <eos> are <pad> in every sampling mode."""
+        sentences = reports.shape[1] if reports is not None else (max_sentences or self.max_sentences)
+        topics, stop_logits = self._sentences(images, sentences)
+        b, s, e = topics.shape
+        if mode == "teacher":
+            words = reports.reshape(b * s, -1)
+            bos = self.word_embed.weight[Vocabulary.bos_id].expand(b * s, 1, e)
+            inputs = torch.cat([topics.reshape(b * s, 1, e), bos, self.word_embed(words[:, :-1])], dim=1)
+            out, _ = self.word_lstm(inputs)
+            return stop_logits, self.word_out(out[:, 1:]).view(b, s, words.shape[1], -1)
+        if mode not in ("greedy", "sample", "gumbel"):
+            raise ValueError(f"unknown report mode {mode!r}")
+        if mode != "greedy" and generator is None:
+            raise ValueError(f"report mode {mode!r} needs a torch.Generator")
+        tokens = self._words(topics.reshape(b * s, e), max_words or self.max_words, mode, temperature, generator)
+        if mode == "greedy":
+            stops = stop_logits > 0
+        else:
+            stops = uniform(stop_logits.shape, generator, stop_logits.device) < torch.sigmoid(stop_logits)
+        # A sentence exists while no STOP has been drawn at or before it.
+        exists = torch.cumsum(stops.long(), dim=1) == 0
+        tokens = tokens.view(b, s, *tokens.shape[1:])
+        return _mask_to_pad(tokens, exists[:, :, None])
+
+    def _sentences(self, images: torch.Tensor, sentences: int) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self.feature(self.encoder(images))
+        state, hidden = None, []
+        for _ in range(sentences):
+            state = self.sentence_lstm(v, state)
+            hidden.append(state[0])
+        h = torch.stack(hidden, dim=1)
+        return self.topic(h), self.stop(h).squeeze(-1)
+
+    def _words(self, topics: torch.Tensor, max_words: int, mode: str, temperature: float,
+               generator: torch.Generator | None) -> torch.Tensor:
+        _, state = self.word_lstm(topics[:, None])
+        x = self.word_embed.weight[Vocabulary.bos_id].expand(topics.shape[0], -1)
+        finished = torch.zeros(topics.shape[0], dtype=torch.bool, device=topics.device)
+        outputs = []
+        for _ in range(max_words):
+            out, state = self.word_lstm(x[:, None], state)
+            logits = self.word_out(out[:, 0])
+            if mode == "greedy":
+                token = logits.argmax(dim=-1)
+            else:
+                noisy = logits / temperature + gumbel(logits.shape, generator, logits.device).to(logits.dtype)
+                token = noisy.argmax(dim=-1)
+            if mode == "gumbel":
+                soft = torch.softmax(noisy, dim=-1)
+                # Straight-through: the forward pass sees one-hot words, gradients follow the softmax.
+                word = F.one_hot(token, logits.shape[-1]).to(soft.dtype) - soft.detach() + soft
+                word = _mask_to_pad(word, ~finished)
+                x = word @ self.word_embed.weight
+            else:
+                word = torch.where(finished, torch.full_like(token, Vocabulary.pad_id), token)
+                x = self.word_embed(word)
+            finished = finished | (token == Vocabulary.eos_id)
+            outputs.append(word)
+        return torch.stack(outputs, dim=1)
+
+
+def _mask_to_pad(tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Replace tokens (ids, or one-hot rows in the last dim) where `keep` is False by <pad>."""
+    if tokens.dtype == torch.long:
+        return torch.where(keep, tokens, torch.full_like(tokens, Vocabulary.pad_id))
+    pad = torch.zeros(tokens.shape[-1], dtype=tokens.dtype, device=tokens.device)
+    pad[Vocabulary.pad_id] = 1
+    return torch.where(keep[..., None], tokens, pad)
+
+
+def uniform(shape, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """U(0, 1) drawn on the generator's own device, then moved: a CPU generator can drive GPU work."""
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def gumbel(shape, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    u = uniform(shape, generator, device).clamp_(1e-10, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+class _ReportReader(nn.Module):
+    """Report -> vector: a word LSTM reads every sentence (all sentences as one batch), a sentence
+    LSTM reads the sentences' last states. Reading hierarchically keeps the sequential depth at
+    words + sentences instead of words x sentences, which is what an LSTM's cost follows."""
+
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        hidden = config["d_text_hidden"]
+        self.embed = nn.Embedding(config["vocab_size"], config["word_embedding"])
+        self.words = nn.LSTM(config["word_embedding"], hidden, batch_first=True)
+        self.sentences = nn.LSTM(hidden, hidden, batch_first=True)
+
+    def forward(self, reports: torch.Tensor) -> torch.Tensor:
+        b, s = reports.shape[:2]
+        _, (h, _) = self.words(embed_tokens(self.embed.weight, reports.flatten(0, 1)))
+        _, (h, _) = self.sentences(h[-1].view(b, s, -1))
+        return h[-1]
+
+
+class ReportDiscriminator(nn.Module):
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        hidden = config["d_text_hidden"]
+        self.reader = _ReportReader(config)
+        self.head = nn.Sequential(sn(nn.Linear(hidden, hidden)), nn.ReLU(), sn(nn.Linear(hidden, 1)))
+
+    def forward(self, reports: torch.Tensor) -> torch.Tensor:
+        """Reports as ids (B, S, W) or one-hot words (B, S, W, V) -> logits (B,)."""
+        return self.head(self.reader(reports)).squeeze(1)
+
+
+class JointDiscriminator(nn.Module):
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        hidden = config["d_text_hidden"]
+        self.image = ImageEncoder(config["image_size"], config["channels"], config["d_width"])
+        self.image_embed = sn(nn.Linear(self.image.out_channels, hidden))
+        self.reader = _ReportReader(config)
+        self.report_embed = sn(nn.Linear(hidden, hidden))
+        self.head = nn.Sequential(nn.ReLU(), sn(nn.Linear(2 * hidden, hidden)), nn.ReLU(), sn(nn.Linear(hidden, 1)))
+
+    def forward(self, images: torch.Tensor, reports: torch.Tensor) -> torch.Tensor:
+        joint = torch.cat([self.image_embed(self.image(images)), self.report_embed(self.reader(reports))], dim=1)
+        return self.head(joint).squeeze(1)
+
+
+def build_networks(config: Mapping[str, Any]) -> dict[str, nn.Module]:
+    config = make_config(config)
+    return {
+        "G": Generator(config),
+        "F": ReportGenerator(config),
+        "D_image": ImageDiscriminator(config),
+        "D_report": ReportDiscriminator(config),
+        "D_joint": JointDiscriminator(config),
+    }
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 1, H, W) in [-1, 1] -> (B, H, W) uint8."""
+    return ((images[:, 0].float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def generate(nets: Mapping[str, nn.Module], labels: torch.Tensor, z: torch.Tensor, *,
+             word_temperature: float | None = None, generator: torch.Generator | None = None,
+             max_sentences: int | None = None, max_words: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images (B, H, W) uint8 and report token ids (B, S, W) int64 for labels (B, L) and noise (B, z_dim).
+
+    Greedy words unless `word_temperature` is given (then `generator` drives the sampling), so the
+    output is a function of (labels, z[, generator state]) alone. Networks run in eval mode (batch
+    norm on its running statistics), so a sample does not depend on the rest of its batch.
+    """
+    G, F_ = nets["G"], nets["F"]
+    G.eval()
+    F_.eval()
+    first = next(G.parameters())
+    with torch.inference_mode():
+        images = G(z.to(device=first.device, dtype=first.dtype), labels.to(device=first.device, dtype=first.dtype))
+        mode = "greedy" if word_temperature is None else "sample"
+        ids = F_(images, mode=mode, temperature=word_temperature or 1.0, generator=generator,
+                 max_sentences=max_sentences, max_words=max_words)
+    return to_uint8(images), ids.cpu().numpy()
+
+
+def decode_reports(ids: np.ndarray, vocabulary: Vocabulary) -> list[str]:
+    return [vocabulary.decode_sentences(report) for report in ids]

@@ -1,0 +1,222 @@
+"""EMIXER training step: two discriminator steps per generator step, engine-agnostic.
+
+One `train_step` call takes a batch of B real studies and does:
+1. `d_steps` (2) discriminator steps, each on its own 1/d_steps slice of the batch and fresh fakes
+   (G and F run without gradients): D_image (hinge real/fake with projection for labelled samples,
+   plus rotation cross-entropy on rotated real images, weight `rotation_weight_d`), D_report (hinge
+   on real vs sampled reports) and D_joint (hinge; its fakes are half generated pairs and half real
+   images with another study's report, so it also learns whether a report fits its image).
+2. one G step on B fakes: hinge generator losses from D_image (projection included), D_report and
+   D_joint, plus the rotation loss on rotated fakes (weight `rotation_weight_g`, the paper's alpha,
+   as in self-supervised GANs).
+3. one F step: teacher-forced maximum likelihood on the real pairs (word cross-entropy and the
+   sentence decoder's STOP cross-entropy) plus the same report and joint adversarial losses on
+   reports of the (detached) fakes. The paper's F starts from a pretrained encoder; here nothing is
+   pretrained, so the likelihood term is what teaches F to write reports at all.
+Each backward runs inside `frozen(...)` of every engine it does not step (DeepSpeed ZeRO-2 needs it).
+
+Hinge loss is used for all three discriminators (as in SAGAN/BigGAN, on which EMIXER's image
+networks are built) instead of the paper's log loss: it is the better-tested choice for
+spectral-normalised projection discriminators.
+
+Gradients through discrete words: straight-through Gumbel-softmax. In the G and F steps F writes
+its report free-running; at each word the Gumbel-max sample is fed forward as an exact one-hot
+vector (and fed back into the word LSTM as its embedding), while the backward pass uses the
+gradient of softmax((logits + gumbel) / tau). Why: (a) the discriminators see one-hot words for
+real and generated reports alike, so they cannot win by spotting soft, low-entropy distributions,
+which is what defeats plain soft-distribution inputs; (b) the gradient is low-variance and flows
+end to end, from D_report and D_joint through every word into F and, through F's image encoder,
+into G, which the paper's end-to-end objective needs; REINFORCE-style estimators (SeqGAN) would need
+rollouts and baselines and are far noisier. The bias of the straight-through estimator is kept
+small by tau = 1 and is the accepted price.
+
+Partial labels: the batch's `labelled` mask (see `labelled_mask`, deterministic per sample from the
+config's `label_fraction` and `label_seed`) decides which real samples' labels exist. Unlabelled real
+samples get no projection term in D_image: they train it only through the unconditional real/fake
+logit and the rotation loss. Fakes are conditioned on label vectors drawn from the batch's labelled
+samples; a batch with none labelled conditions G on the zero vector and uses no projection term at
+all, so neither the label embeddings of G nor the projection of D_image learn from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from factory.data.text.vocab import Vocabulary
+from factory.models import emixer
+from factory.models.registry import build_networks
+from factory.train.engines import Engine, frozen
+
+
+def labelled_mask(indices: Iterable[int], fraction: float, seed: int) -> np.ndarray:
+    """Whether each dataset index has its labels used: a fixed coin per (seed, index), so a sample
+    is labelled or not whatever the batch, worker or epoch it lands in."""
+    return np.array([np.random.default_rng([seed, int(i)]).random() < fraction for i in indices], dtype=bool)
+
+
+def rotate(images: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Rotate image i of (B, C, H, W) by k[i] quarter turns."""
+    rotations = torch.stack([torch.rot90(images, r, dims=(2, 3)) for r in range(4)])
+    return rotations[k, torch.arange(images.shape[0], device=images.device)]
+
+
+def hinge_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+
+def report_nll(stop_logits: torch.Tensor, word_logits: torch.Tensor, reports: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean word cross-entropy over non-pad target tokens, and STOP cross-entropy over sentence rows
+    (a row whose first token is <pad> does not exist: its STOP target is 1)."""
+    pad = Vocabulary.pad_id
+    words = F.cross_entropy(word_logits.flatten(0, 2).float(), reports.flatten(), ignore_index=pad,
+                            reduction="sum") / (reports != pad).sum().clamp(min=1)
+    stops = F.binary_cross_entropy_with_logits(stop_logits.float(), (reports[:, :, 0] == pad).float())
+    return words, stops
+
+
+class EmixerRecipe:
+    name = "emixer"
+    net_names: tuple[str, ...] = emixer.NET_NAMES
+
+    def __init__(self) -> None:
+        self.config: dict[str, Any] | None = None
+
+    def build(self, model_config: Mapping[str, Any], seed: int | None = None) -> dict[str, nn.Module]:
+        """Networks by name: G, F, D_image, D_report, D_joint (config checked and completed first)."""
+        self.config = emixer.make_config(model_config)
+        return build_networks(self.name, self.config, seed)
+
+    def optimizer_config(self, name: str) -> dict[str, Any]:
+        """Adam settings: 5e-5 for G and F, 2e-4 for the discriminators unless the config says otherwise."""
+        config = self._config()
+        return {"lr": float(config["lr"][name]), "betas": tuple(float(b) for b in config["betas"])}
+
+    def train_step(self, engines: Mapping[str, Engine], batch: Mapping[str, torch.Tensor], step: int,
+                   generator: torch.Generator) -> dict[str, float]:
+        """Two discriminator steps and one generator (G, then F) step; returns mean losses.
+
+        `step` is part of the recipe protocol; EMIXER's schedule does not change with it."""
+        config = self._config()
+        first = next(iter(engines["G"].parameters()))
+        device, dtype = first.device, first.dtype
+        images = batch["image"].to(device=device, dtype=dtype)
+        labels = batch["labels"].to(device=device, dtype=dtype)
+        labelled = batch["labelled"].to(device=device, dtype=torch.bool)
+        reports = batch["report"].to(device=device, dtype=torch.long)
+        if images.shape[0] < config["d_steps"]:
+            raise ValueError(f"a batch needs at least d_steps={config['d_steps']} samples")
+
+        metrics: dict[str, torch.Tensor] = {}
+        slices = torch.arange(images.shape[0], device=device).chunk(config["d_steps"])
+        for part in slices:
+            for key, value in self._discriminator_step(
+                    engines, images[part], labels[part], labelled[part], reports[part], generator).items():
+                metrics[key] = metrics.get(key, 0.0) + value.detach() / len(slices)
+        metrics.update(self._generator_step(engines, images, labels, labelled, reports, generator))
+        return {key: float(value) for key, value in metrics.items()}
+
+    def _config(self) -> dict[str, Any]:
+        if self.config is None:
+            raise RuntimeError("call build(model_config) first")
+        return self.config
+
+    def _fakes(self, engines: Mapping[str, Engine], labels: torch.Tensor, labelled: torch.Tensor, n: int,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """n fake images with their condition labels and whether those labels count."""
+        device, dtype = labels.device, labels.dtype
+        pool = labels[labelled]
+        if len(pool):
+            pick = torch.randint(len(pool), (n,), generator=generator, device=generator.device).to(device)
+            fake_labels, fake_labelled = pool[pick], torch.ones(n, dtype=torch.bool, device=device)
+        else:
+            fake_labels = torch.zeros(n, labels.shape[1], dtype=dtype, device=device)
+            fake_labelled = torch.zeros(n, dtype=torch.bool, device=device)
+        z = torch.randn(n, emixer.z_dim(self.config), generator=generator, device=generator.device)
+        return engines["G"](z.to(device=device, dtype=dtype), fake_labels), fake_labels, fake_labelled
+
+    def _quarter_turns(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        return torch.randint(4, (n,), generator=generator, device=generator.device).to(device)
+
+    def _discriminator_step(self, engines, images, labels, labelled, reports, generator) -> dict[str, torch.Tensor]:
+        config, n = self.config, images.shape[0]
+        G, F_, D_image, D_report, D_joint = (engines[name] for name in self.net_names)
+        with torch.no_grad():
+            fake, fake_labels, fake_labelled = self._fakes(engines, labels, labelled, n, generator)
+            fake_reports = F_(fake, mode="sample", generator=generator)
+
+        turns = self._quarter_turns(n, generator, images.device)
+        with frozen(G, F_, D_report, D_joint):
+            logits, rotation = D_image(
+                torch.cat([images, fake, rotate(images, turns)]),
+                torch.cat([labels, fake_labels, torch.zeros_like(labels)]),
+                torch.cat([labelled, fake_labelled, torch.zeros_like(labelled)]))
+            adversarial = hinge_d(logits[:n], logits[n:2 * n])
+            rotation_loss = F.cross_entropy(rotation[2 * n:].float(), turns)
+            D_image.backward(adversarial + config["rotation_weight_d"] * rotation_loss)
+        D_image.step()
+
+        with frozen(G, F_, D_image, D_joint):
+            logits = D_report(torch.cat([reports, fake_reports]))
+            report_loss = hinge_d(logits[:n], logits[n:])
+            D_report.backward(report_loss)
+        D_report.step()
+
+        with frozen(G, F_, D_image, D_report):
+            # Fakes: generated pairs, and real images with another study's report (mismatched).
+            logits = D_joint(torch.cat([images, fake, images]),
+                             torch.cat([reports, fake_reports, reports.roll(1, dims=0)]))
+            joint_loss = F.relu(1 - logits[:n]).mean() + 0.5 * (
+                F.relu(1 + logits[n:2 * n]).mean() + F.relu(1 + logits[2 * n:]).mean())
+            D_joint.backward(joint_loss)
+        D_joint.step()
+        return {"d_image": adversarial, "d_rotation": rotation_loss, "d_report": report_loss, "d_joint": joint_loss}
+
+    def _generator_step(self, engines, images, labels, labelled, reports, generator) -> dict[str, torch.Tensor]:
+        config, n = self.config, images.shape[0]
+        G, F_, D_image, D_report, D_joint = (engines[name] for name in self.net_names)
+        tau = config["gumbel_temperature"]
+
+        turns = self._quarter_turns(n, generator, images.device)
+        with frozen(F_, D_image, D_report, D_joint):
+            fake, fake_labels, fake_labelled = self._fakes(engines, labels, labelled, n, generator)
+            logits, rotation = D_image(torch.cat([fake, rotate(fake, turns)]),
+                                       torch.cat([fake_labels, torch.zeros_like(fake_labels)]),
+                                       torch.cat([fake_labelled, torch.zeros_like(fake_labelled)]))
+            image_loss = -logits[:n].mean()
+            rotation_loss = F.cross_entropy(rotation[n:].float(), turns)
+            words = F_(fake, mode="gumbel", temperature=tau, generator=generator)
+            report_loss = -D_report(words).mean()
+            joint_loss = -D_joint(fake, words).mean()
+            G.backward(image_loss + config["rotation_weight_g"] * rotation_loss
+                       + config["report_weight"] * report_loss + config["joint_weight"] * joint_loss)
+        G.step()
+
+        fake = fake.detach()
+        with frozen(G, D_image, D_report, D_joint):
+            word_nll, stop_nll = report_nll(*F_(images, reports), reports)
+            words = F_(fake, mode="gumbel", temperature=tau, generator=generator)
+            f_report = -D_report(words).mean()
+            f_joint = -D_joint(fake, words).mean()
+            F_.backward(config["mle_weight"] * (word_nll + stop_nll)
+                        + config["report_weight"] * f_report + config["joint_weight"] * f_joint)
+        F_.step()
+        return {"g_image": image_loss.detach(), "g_rotation": rotation_loss.detach(),
+                "g_report": report_loss.detach(), "g_joint": joint_loss.detach(),
+                "f_word_nll": word_nll.detach(), "f_stop_nll": stop_nll.detach(),
+                "f_report": f_report.detach(), "f_joint": f_joint.detach()}
+
+
+def make_batch(images: torch.Tensor, labels: torch.Tensor, reports: Sequence[str], indices: Iterable[int],
+               vocabulary: Vocabulary, config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """A train_step batch from images (B, 1, H, W) in [-1, 1], 0/1 labels (B, L), report texts and
+    the samples' dataset indices (which fix the labelled mask)."""
+    encoded = np.stack([vocabulary.encode_sentences(text, config["max_sentences"], config["max_words"])
+                        for text in reports])
+    mask = labelled_mask(indices, config["label_fraction"], config["label_seed"])
+    return {"image": images, "labels": labels.float(), "labelled": torch.from_numpy(mask),
+            "report": torch.from_numpy(encoded)}

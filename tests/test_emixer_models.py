@@ -1,0 +1,148 @@
+"""EMIXER networks: shapes, spectral norm, conditioning, rotation, report masking, generate()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from factory.data.text.vocab import Vocabulary
+from factory.models.blocks import ConditionalBatchNorm2d, has_spectral_norm
+from factory.models.emixer import build_networks, decode_reports, generate, make_config, z_dim
+from factory.models.registry import build_networks as build_by_name
+from factory.train.recipes.emixer import rotate
+
+TINY = dict(image_size=32, g_width=4, d_width=4, f_width=4, class_embedding=8, vocab_size=20, max_sentences=3,
+            max_words=5, image_feature=8, word_embedding=8, hidden=8, word_layers=2, d_text_hidden=8)
+B = 3
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.set_num_threads(1)
+    return build_by_name("emixer", make_config(TINY), seed=0)
+
+
+def _inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, z_dim(make_config(TINY)), generator=g)
+    labels = (torch.rand(B, 9, generator=g) < 0.5).float()
+    return z, labels
+
+
+def test_shapes_of_every_network(nets):
+    z, labels = _inputs()
+    assert z.shape[1] == 80  # 20 x (3 up-blocks + stem) at 32x32
+    images = nets["G"](z, labels)
+    assert images.shape == (B, 1, 32, 32) and images.abs().max() <= 1
+    logits, rotation = nets["D_image"](images, labels, torch.tensor([True, False, True]))
+    assert logits.shape == (B,) and rotation.shape == (B, 4)
+    reports = torch.randint(0, 20, (B, 3, 5))
+    stop, words = nets["F"](images, reports)
+    assert stop.shape == (B, 3) and words.shape == (B, 3, 5, 20)
+    onehot = nets["F"](images, mode="gumbel", generator=torch.Generator().manual_seed(1))
+    assert onehot.shape == (B, 3, 5, 20) and onehot.requires_grad
+    assert torch.equal(onehot.detach().sum(-1), torch.ones(B, 3, 5))
+    assert nets["F"](images, mode="greedy").shape == (B, 3, 5)
+    for report in (reports, onehot):
+        assert nets["D_report"](report).shape == (B,)
+        assert nets["D_joint"](images, report).shape == (B,)
+
+
+def test_image_size_sets_up_blocks_and_z():
+    assert z_dim(make_config(image_size=128)) == 120  # the paper's 128x128, z = 120
+    assert z_dim(make_config(image_size=64)) == 100
+    config = make_config(TINY, image_size=64)
+    nets = build_networks(config)
+    assert nets["G"](torch.zeros(2, 100), torch.zeros(2, 9)).shape == (2, 1, 64, 64)
+    assert nets["D_image"](torch.zeros(2, 1, 64, 64))[0].shape == (2,)
+
+
+@pytest.mark.parametrize("bad", [{"image_size": 48}, {"image_size": 8}, {"nonsense": 1}, {"label_fraction": 1.5},
+                                 {"lr": {"G": 1e-4}}, {"g_width": 0}])
+def test_bad_config_is_refused(bad):
+    with pytest.raises(ValueError):
+        make_config(TINY, **bad)
+
+
+def test_spectral_norm_on_discriminators_and_generator(nets):
+    for name in ("G", "D_image", "D_joint"):
+        layers = [m for m in nets[name].modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert layers and all(has_spectral_norm(m) for m in layers), name
+    heads = [m for m in nets["D_report"].head if isinstance(m, nn.Linear)]
+    assert heads and all(has_spectral_norm(m) for m in heads)
+    assert not has_spectral_norm(nets["F"].word_out)
+
+
+def test_conditional_batch_norm_conditions():
+    torch.manual_seed(0)
+    cbn = ConditionalBatchNorm2d(4, 3)
+    x = torch.randn(5, 4, 6, 6)
+    a, b = cbn(x, torch.zeros(5, 3)), cbn(x, torch.ones(5, 3))
+    assert not torch.allclose(a, b)
+    # A zero condition is plain batch norm.
+    assert torch.allclose(a, nn.functional.batch_norm(x, None, None, training=True, eps=1e-4), atol=1e-5)
+
+
+def test_generator_output_depends_on_labels(nets):
+    z, labels = _inputs()
+    nets["G"].eval()
+    with torch.no_grad():
+        a = nets["G"](z, labels)
+        b = nets["G"](z, 1 - labels)
+    nets["G"].train()
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_rotation_head_and_rotate(nets):
+    images = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4)
+    k = torch.tensor([1, 3])
+    out = rotate(images, k)
+    assert torch.equal(out[0], torch.rot90(images[0], 1, (1, 2)))
+    assert torch.equal(out[1], torch.rot90(images[1], 3, (1, 2)))
+    x = torch.randn(B, 1, 32, 32)
+    _, rotation = nets["D_image"](x)
+    _, rotated = nets["D_image"](torch.rot90(x, 1, (2, 3)))
+    assert rotation.shape == (B, 4) and not torch.allclose(rotation, rotated)
+
+
+def test_sampled_reports_pad_after_eos_and_after_stop(nets):
+    F = nets["F"]
+    images = torch.randn(B, 1, 32, 32)
+    saved = F.stop.bias.detach().clone(), F.word_out.bias.detach().clone()
+    try:
+        with torch.no_grad():
+            F.stop.bias.fill_(-50.0)  # every sentence continues
+            F.word_out.bias.zero_()
+            F.word_out.bias[Vocabulary.eos_id] = 50.0  # every sentence ends at once
+            ids = F(images, mode="greedy")
+            assert (ids[:, :, 0] == Vocabulary.eos_id).all() and (ids[:, :, 1:] == Vocabulary.pad_id).all()
+            onehot = F(images, mode="gumbel", generator=torch.Generator().manual_seed(0))
+            assert torch.equal(onehot.argmax(-1), ids)
+            F.stop.bias.fill_(50.0)  # STOP before the first sentence
+            assert (F(images, mode="greedy") == Vocabulary.pad_id).all()
+    finally:
+        with torch.no_grad():
+            F.stop.bias.copy_(saved[0])
+            F.word_out.bias.copy_(saved[1])
+
+
+def test_generate_is_deterministic_given_z(nets):
+    z, labels = _inputs()
+    images, ids = generate(nets, labels, z)
+    again, ids_again = generate(nets, labels, z)
+    assert images.dtype == "uint8" and images.shape == (B, 32, 32) and ids.shape == (B, 3, 5)
+    assert (images == again).all() and (ids == ids_again).all()
+    other, _ = generate(nets, labels, z + 1)
+    assert (other != images).any()
+    sampled = [generate(nets, labels, z, word_temperature=1.5, generator=torch.Generator().manual_seed(7),
+                        max_sentences=2, max_words=4)[1] for _ in range(2)]
+    assert sampled[0].shape == (B, 2, 4) and (sampled[0] == sampled[1]).all()
+    for m in nets.values():
+        m.train()
+
+
+def test_decode_reports():
+    vocab = Vocabulary(["heart", "normal", "."])
+    ids = vocab.encode_sentences("Heart normal. Normal.", 3, 5)[None]
+    assert decode_reports(ids, vocab) == ["heart normal. normal."]

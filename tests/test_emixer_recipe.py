@@ -1,0 +1,144 @@
+"""EMIXER training step through plain-torch engines: losses, updates, partial labels, freezing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from factory.data.text.vocab import Vocabulary
+from factory.train.engines import Engine, TorchEngine, frozen, torch_engines
+from factory.train.recipes import get_recipe
+from factory.train.recipes.emixer import labelled_mask, make_batch
+
+TINY = dict(image_size=32, g_width=4, d_width=4, f_width=4, class_embedding=8, vocab_size=20, max_sentences=3,
+            max_words=5, image_feature=8, word_embedding=8, hidden=8, word_layers=1, d_text_hidden=8)
+B = 4
+
+
+def _setup(seed: int = 0, **overrides):
+    torch.set_num_threads(1)
+    recipe = get_recipe("emixer")
+    nets = recipe.build({**TINY, **overrides}, seed=seed)
+    return recipe, nets, torch_engines(nets, recipe.optimizer_config)
+
+
+def _batch(labelled, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.rand(B, 1, 32, 32, generator=g) * 2 - 1,
+            "labels": (torch.rand(B, 9, generator=g) < 0.4).float(),
+            "labelled": torch.tensor(labelled),
+            "report": torch.randint(4, 20, (B, 3, 5), generator=g)}
+
+
+def _snapshot(nets):
+    return {name: {k: v.detach().clone() for k, v in net.named_parameters()} for name, net in nets.items()}
+
+
+def test_optimizer_settings_follow_the_paper():
+    recipe, _, engines = _setup()
+    assert recipe.optimizer_config("G") == {"lr": 5e-5, "betas": (0.0, 0.999)}
+    assert recipe.optimizer_config("F")["lr"] == 5e-5
+    for name in ("D_image", "D_report", "D_joint"):
+        assert recipe.optimizer_config(name)["lr"] == 2e-4
+    assert all(isinstance(e, Engine) for e in engines.values())
+
+
+def test_train_steps_give_finite_losses_change_every_network_and_repeat_exactly():
+    runs = []
+    for _ in range(2):
+        recipe, nets, engines = _setup()
+        before = _snapshot(nets)
+        generator = torch.Generator().manual_seed(3)
+        metrics = [recipe.train_step(engines, _batch([True, True, False, True], seed=s), s, generator)
+                   for s in range(2)]
+        runs.append((metrics, _snapshot(nets)))
+    metrics, after = runs[0]
+    expected = {"d_image", "d_rotation", "d_report", "d_joint", "g_image", "g_rotation", "g_report", "g_joint",
+                "f_word_nll", "f_stop_nll", "f_report", "f_joint"}
+    assert set(metrics[0]) == expected
+    assert all(np.isfinite(v) for m in metrics for v in m.values())
+    for name in nets:
+        changed = [k for k in before[name] if not torch.equal(before[name][k], after[name][k])]
+        assert changed, f"{name} did not change"
+    # Same seeds, same everything: every random choice flows from the generator and the init seed.
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(after[n][k], runs[1][1][n][k]) for n in after for k in after[n])
+
+
+def test_unlabelled_batch_leaves_the_class_terms_alone():
+    projection = "projection.parametrizations.weight.original"
+    class_embed = "class_embed.parametrizations.weight.original"
+    for labelled, moves in (([False] * B, False), ([True] * B, True)):
+        recipe, nets, engines = _setup()
+        before = _snapshot(nets)
+        recipe.train_step(engines, _batch(labelled), 0, torch.Generator().manual_seed(0))
+        after = _snapshot(nets)
+        assert (not torch.equal(before["D_image"][projection], after["D_image"][projection])) is moves
+        assert (not torch.equal(before["G"][class_embed], after["G"][class_embed])) is moves
+        # The unconditional head and the rotation head learn either way.
+        for key in ("real_fake.parametrizations.weight.original", "rotation.parametrizations.weight.original"):
+            assert not torch.equal(before["D_image"][key], after["D_image"][key])
+
+
+def test_unknown_labels_may_be_nan_when_unlabelled():
+    recipe, _, engines = _setup()
+    batch = _batch([True, False, True, False])
+    batch["labels"][1] = float("nan")
+    metrics = recipe.train_step(engines, batch, 0, torch.Generator().manual_seed(0))
+    assert all(np.isfinite(v) for v in metrics.values())
+
+
+def test_report_adversarial_gradient_reaches_the_generator():
+    """Straight-through Gumbel-softmax words carry D_report's gradient through F into G."""
+    recipe, nets, engines = _setup()
+    z = torch.randn(B, 80, generator=torch.Generator().manual_seed(0))
+    images = nets["G"](z, torch.ones(B, 9))
+    words = nets["F"](images, mode="gumbel", generator=torch.Generator().manual_seed(1))
+    with frozen(engines["F"], engines["D_report"]):
+        (-nets["D_report"](words).mean()).backward()
+    grads = [p.grad for p in nets["G"].parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in nets["F"].parameters())
+
+
+def test_frozen_restores_requires_grad():
+    a = TorchEngine(torch.nn.Linear(2, 2), None)
+    b = TorchEngine(torch.nn.Linear(2, 2), None)
+    a.module.bias.requires_grad_(False)
+    with frozen(a, b):
+        assert not any(p.requires_grad for e in (a, b) for p in e.parameters())
+    assert a.module.weight.requires_grad and not a.module.bias.requires_grad
+    assert all(p.requires_grad for p in b.parameters())
+    with pytest.raises(RuntimeError), frozen(b):
+        raise RuntimeError("boom")
+    assert all(p.requires_grad for p in b.parameters())
+
+
+def test_engine_step_clips_and_zeroes_gradients():
+    module = torch.nn.Linear(3, 1, bias=False)
+    engine = TorchEngine(module, torch.optim.SGD(module.parameters(), lr=1.0), clip=0.5)
+    before = module.weight.detach().clone()
+    engine.backward((engine(torch.full((1, 3), 100.0))).sum())
+    engine.step()
+    assert module.weight.grad is None
+    assert torch.linalg.norm(module.weight.detach() - before) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_labelled_mask_is_deterministic_per_sample():
+    indices = np.arange(4000)
+    mask = labelled_mask(indices, 0.3, seed=1)
+    assert abs(mask.mean() - 0.3) < 0.03
+    assert (labelled_mask(indices[::-1], 0.3, seed=1) == mask[::-1]).all()
+    assert (labelled_mask(indices, 0.3, seed=2) != mask).any()
+    assert labelled_mask(indices, 1.0, seed=1).all() and not labelled_mask(indices, 0.0, seed=1).any()
+
+
+def test_make_batch_encodes_reports_and_labelled_mask():
+    vocab = Vocabulary(["heart", "is", "normal", "."])
+    config = {"max_sentences": 3, "max_words": 5, "label_fraction": 0.5, "label_seed": 0}
+    batch = make_batch(torch.zeros(2, 1, 32, 32), torch.ones(2, 9), ["Heart is normal.", "Normal."], [10, 11],
+                       vocab, config)
+    assert batch["report"].shape == (2, 3, 5) and batch["report"].dtype == torch.long
+    assert vocab.decode_sentences(batch["report"][0].numpy()) == "heart is normal."
+    assert batch["labelled"].tolist() == labelled_mask([10, 11], 0.5, 0).tolist()
