@@ -16,6 +16,7 @@ from factory.errors import FactoryError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("factory.demo", "run the whole chain on built-in phantom data, locally"),
     "data": ("factory.data.cli", "write phantom datasets in the layouts of real ones"),
+    "train": ("factory.train.cli", "train a recipe with Ray Train + DeepSpeed (resumes by run name)"),
     "bundle": ("factory.models.cli", "write an untrained generator bundle of a recipe's shape"),
     "produce": ("factory.produce.cli", "produce labelled samples into shards with a Ray actor pool"),
     "inspect": ("factory.produce.inspect", "summarise and verify a run, or extract one sample"),

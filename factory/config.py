@@ -110,3 +110,49 @@ def load_config(model: type[Config], path: str | Path | None, overrides: list[st
             raise BadInputError(source, "must be a mapping of settings")
     merged = _merge(_merge(data, parse_overrides(overrides, source)), values or {})
     return validate_config(model, merged, source)
+
+
+class TrainDataConfig(JobConfig):
+    """Training data: the built-in phantom, or a real dataset in one of the adapters' layouts."""
+
+    source: Literal["phantom-cxr", "dataset"] = "phantom-cxr"
+    path: str | None = Field(None, description="dataset root (source: dataset)")
+    layout: Literal["mimic-cxr", "iu-xray", "chexpert", "nih", "folder"] | None = None
+    count: int = Field(5000, gt=0, description="phantom studies")
+    size: int = Field(64, ge=16, le=1024, description="image side the model sees")
+    seed: int = Field(0, ge=0, description="phantom seed")
+    min_word_count: int = Field(6, ge=1, description="vocabulary keeps words seen this often (EMIXER: 6)")
+
+    @model_validator(mode="after")
+    def _dataset_needs_path(self):
+        if self.source == "dataset" and not (self.path and self.layout):
+            raise ValueError("source: dataset needs path and layout")
+        return self
+
+
+class TrainConfig(JobConfig):
+    """`medsynth train` / jobs/train.py: a recipe trained by Ray Train workers, one DeepSpeed engine per network."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="run name; the same name resumes")
+    storage_path: str = Field(description="where checkpoints and the data cache live (local path or s3://)")
+    recipe: str = "emixer"
+    model: dict = Field(default_factory=dict, description="the recipe's model config overrides")
+    data: TrainDataConfig = TrainDataConfig()
+    steps: int = Field(gt=0)
+    batch_size: int = Field(16, gt=0, description="micro-batch per worker")
+    workers: int = Field(2, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    zero_stage: Literal[0, 1, 2] = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_clip: float | None = Field(None, gt=0)
+    checkpoint_every: int = Field(100, gt=0)
+    seed: int = Field(0, ge=0)
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts before the run fails (-1: no limit)")
+    bundle_out: str | None = Field(None, description="export a bundle here at the end")
+
+    @model_validator(mode="after")
+    def _precision_on_gpu(self):
+        if self.precision != "fp32" and not self.use_gpu:
+            raise ValueError(f"precision {self.precision} needs use_gpu: true (on CPU DeepSpeed runs fp32)")
+        return self

@@ -53,7 +53,8 @@ class SelfAttention(nn.Module):
         self.phi = sn(nn.Conv2d(channels, max(channels // 8, 1), 1, bias=False), spectral)
         self.g = sn(nn.Conv2d(channels, max(channels // 2, 1), 1, bias=False), spectral)
         self.out = sn(nn.Conv2d(max(channels // 2, 1), channels, 1, bias=False), spectral)
-        self.gamma = nn.Parameter(torch.zeros(()))
+        # Shape (1,), not (): DeepSpeed broadcasts parameters as byte views, which 0-d tensors cannot take.
+        self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

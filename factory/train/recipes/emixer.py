@@ -91,6 +91,19 @@ class EmixerRecipe:
         self.config = emixer.make_config(model_config)
         return build_networks(self.name, self.config, seed)
 
+    def model_config(self, overrides: Mapping[str, Any], vocabulary: Vocabulary, label_names: Sequence[str],
+                     image_size: int) -> dict[str, Any]:
+        """The full model config for training data with this vocabulary, labels and image size."""
+        return emixer.make_config(overrides, vocab_size=len(vocabulary), num_labels=len(label_names),
+                                  image_size=image_size)
+
+    def batch(self, images: torch.Tensor, labels: torch.Tensor, reports: Sequence[str], indices: Iterable[int],
+              vocabulary: Vocabulary) -> dict[str, torch.Tensor]:
+        """A train_step batch from dataset tensors: images (B, 1, H, W) in [0, 1], labels with CheXpert
+        values (uncertain and unmentioned count as absent)."""
+        present = torch.nan_to_num(labels, nan=0.0).eq(1.0).float()
+        return make_batch(images * 2 - 1, present, reports, indices, vocabulary, self._config())
+
     def optimizer_config(self, name: str) -> dict[str, Any]:
         """Adam settings: 5e-5 for G and F, 2e-4 for the discriminators unless the config says otherwise."""
         config = self._config()
