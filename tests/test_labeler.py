@@ -141,3 +141,20 @@ def test_finding_labels_follow_chexpert_no_finding_rule():
     assert finding_labels([Finding(DEV, 0.5, "right", "PICC")]) == {**{k: 0.0 for k in CXR_LABELS}, NF: 1.0, DEV: 1.0}
     labels = finding_labels([Finding(EFF, 0.5, "left"), Finding(DEV, 0.5, None, "ET tube")])
     assert labels[NF] == 0.0 and labels[EFF] == 1.0 and labels[DEV] == 1.0 and labels[PTX] == 0.0
+
+
+def test_labeler_recovers_the_phantom_studies_own_labels():
+    """Issue 3.4 on the phantom itself: the labeler reads each phantom report back to the label
+    vector the image was drawn with (CheXpert's No Finding rule on both sides)."""
+    from factory.data.phantoms.cxr import generate_study
+
+    truth, read = [], []
+    for index in range(600):
+        study = generate_study(11, index, size=32)
+        truth.append(study.labels)
+        read.append(np.nan_to_num(label_vector(study.report), nan=0.0) == 1)
+    truth, read = np.array(truth) == 1, np.array(read)
+    for k, name in enumerate(CXR_LABELS):
+        tp = np.sum(truth[:, k] & read[:, k])
+        f1 = 2 * tp / (truth[:, k].sum() + read[:, k].sum())
+        assert f1 >= 0.98, f"{name}: F1 {f1:.3f}"

@@ -166,7 +166,7 @@ class IuXrayWriter:
         for f in study.findings:
             parts = [_MESH[f.name], *([f.laterality] if f.laterality else []), _severity_word(f.severity)]
             ET.SubElement(mesh, "major").text = "/".join(parts)
-        if not study.findings:
+        if all(f.name == "Support Devices" for f in study.findings):  # CheXpert's rule: devices are not disease
             ET.SubElement(mesh, "major").text = "normal"
         ET.SubElement(ET.SubElement(root, "parentImage", id=image_id), "url").text = f"/hadoop/storage/radiology/extract/{image_id}.jpg"
         path = os.path.join(self.out, "NLMCXR_reports", "ecgen-radiology", f"{n}.xml")

@@ -36,11 +36,11 @@ class CxrStudy:
 
 
 def labels_of(findings: list[Finding]) -> np.ndarray:
-    labels = np.zeros(len(CXR_LABELS), np.float32)
-    for f in findings:
-        labels[CXR_LABELS.index(f.name)] = 1.0
-    labels[0] = 0.0 if findings else 1.0
-    return labels
+    """Label vector by CheXpert's rule, as the labeler reads reports: support devices alone still
+    leave a study at No Finding."""
+    from factory.data.text.labeler import finding_labels
+
+    return np.array(list(finding_labels(findings).values()), dtype=np.float32)
 
 
 def render(seed: int, index: int, findings: list[Finding], size: int = 128) -> np.ndarray:
