@@ -74,7 +74,7 @@ def _ray():
 
     if not ray.is_initialized():
         # RAY_ADDRESS, when set, points at an existing cluster; otherwise a local one starts.
-        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     return ray
 
 

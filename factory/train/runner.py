@@ -79,7 +79,8 @@ def train(config: TrainConfig, progress: bool = True):
 
     cache_url, vocabulary = prepare_data(config, progress)
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False)
+        # Workers' and controllers' logs stay in Ray's log folder; failures reach the driver as exceptions.
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     storage_path, filesystem = _ray_storage(config)
     trainer = TorchTrainer(
         _worker_loop,
