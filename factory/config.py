@@ -122,6 +122,7 @@ class TrainDataConfig(JobConfig):
     size: int = Field(64, ge=16, le=1024, description="image side the model sees")
     seed: int = Field(0, ge=0, description="phantom seed")
     min_word_count: int = Field(6, ge=1, description="vocabulary keeps words seen this often (EMIXER: 6)")
+    skip_bad: bool = Field(False, description="skip unreadable studies (counted in the cache) instead of stopping")
 
     @model_validator(mode="after")
     def _dataset_needs_path(self):

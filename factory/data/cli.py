@@ -26,8 +26,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     brain.add_argument("--size", type=int, default=128, help="in-plane side in pixels")
     brain.add_argument("--seed", type=int, default=0)
 
+    cache = kinds.add_parser("cache", help="decode a dataset you own into a Zarr cache of training tensors")
+    cache.add_argument("root", help="dataset root (local path or URL)")
+    cache.add_argument("--layout", required=True, choices=(*CXR_LAYOUTS, "volumes"))
+    cache.add_argument("--out", required=True, help="Zarr cache URL (local path or s3://)")
+    cache.add_argument("--size", type=int, help="resize images to this side")
+    cache.add_argument("--skip-bad", action="store_true",
+                       help="skip unreadable studies (and count them) instead of stopping at the first")
+
 
 def run(args: argparse.Namespace) -> int:
+    if args.kind == "cache":
+        from factory.data.adapters import open_dataset
+        from factory.data.cache import write_cache
+
+        dataset = open_dataset(args.root, args.layout, size=args.size, skip_bad=args.skip_bad)
+        cache = write_cache(dataset, args.out)
+        print(f"{len(cache)} studies cached at {args.out}; {len(cache.skipped)} skipped")
+        for source, problem in sorted(cache.skipped.items()):
+            print(f"  skipped {source}: {problem}")
+        return 0
     if args.kind == "cxr":
         from factory.data.phantoms.cxr import write_dataset
 

@@ -36,7 +36,7 @@ def open_training_data(data: TrainDataConfig):
         return PhantomCxrDataset(data.count, size=data.size, seed=data.seed)
     from factory.data.adapters import open_dataset
 
-    return open_dataset(data.path, data.layout, size=data.size)
+    return open_dataset(data.path, data.layout, size=data.size, skip_bad=data.skip_bad)
 
 
 def prepare_data(config: TrainConfig, progress: bool = True) -> tuple[str, dict]:
