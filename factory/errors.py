@@ -13,6 +13,9 @@ class BadInputError(FactoryError):
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
 
+    def __reduce__(self):  # rebuilt from (source, problem) when it crosses a process boundary (Ray)
+        return type(self), (self.source, self.problem)
+
 
 class IntegrityError(BadInputError):
     """Stored bytes do not match what their manifest or sidecar promises."""

@@ -60,6 +60,12 @@ def filesystem(url: str, storage_options: StorageOptions = None) -> tuple[fsspec
     return fs, path
 
 
+def absolute(url: str) -> str:
+    """Local paths made absolute, so that processes with another working directory (Ray workers)
+    reach the same place; URLs with a scheme are returned as they are."""
+    return url if "://" in url else os.path.abspath(url)
+
+
 def join(url: str, *parts: str) -> str:
     """Join path parts onto a URL or local path with forward slashes."""
     if "://" in url:

@@ -97,3 +97,19 @@ def test_explicit_options_win_over_environment(s3_root, monkeypatch):
     fs, _ = storage.filesystem(url, {"key": "someone-else", "skip_instance_cache": True})
     assert fs.key == "someone-else"
     assert fs.endpoint_url == storage.s3_options_from_env()["endpoint_url"]
+
+
+def test_errors_survive_pickling_across_processes():
+    import pickle
+
+    from factory.errors import BadInputError, IntegrityError
+
+    for error in (BadInputError("a/b.png", "not an image"), IntegrityError("s.tar", "sha256 differs")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error) and copy.source == error.source
+
+
+def test_local_paths_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("runs/x") == str(tmp_path / "runs" / "x")
+    assert storage.absolute("s3://bucket/runs") == "s3://bucket/runs"

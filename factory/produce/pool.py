@@ -93,6 +93,7 @@ def produce(
     """Write the run described by `spec` with a pool of `actors` Ray actors; return its manifest."""
     from tqdm import tqdm
 
+    out = storage.absolute(out)
     manifest = existing_manifest(out, spec)
     if manifest is not None:
         log.info("%s already holds the finished run %s", out, spec.run_id)

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from factory import storage
 from factory.config import ProduceConfig
 from factory.errors import BadInputError
 from factory.produce.pool import produce
@@ -37,7 +38,7 @@ def production_spec(config: ProduceConfig, command: str = "") -> tuple[dict[str,
         if isinstance(labels, dict) and sum(labels.values()) != config.count:
             raise BadInputError(config.labels, f"label counts add up to {sum(labels.values())}, "
                                                f"not the run's count {config.count}")
-        producer = {"type": "bundle-pairs", "bundle": config.bundle, "bundle_sha256": bundle["sha256"],
+        producer = {"type": "bundle-pairs", "bundle": storage.absolute(config.bundle), "bundle_sha256": bundle["sha256"],
                     "labels": labels, "count": config.count}
         name = bundle["recipe"]
     else:

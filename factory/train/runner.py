@@ -77,6 +77,9 @@ def train(config: TrainConfig, progress: bool = True):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    config = config.model_copy(update={
+        "storage_path": storage.absolute(config.storage_path),
+        "bundle_out": storage.absolute(config.bundle_out) if config.bundle_out else None})
     cache_url, vocabulary = prepare_data(config, progress)
     if not ray.is_initialized():
         # Workers' and controllers' logs stay in Ray's log folder; failures reach the driver as exceptions.
