@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from factory.errors import BadInputError
 
@@ -157,3 +157,15 @@ class TrainConfig(JobConfig):
         if self.precision != "fp32" and not self.use_gpu:
             raise ValueError(f"precision {self.precision} needs use_gpu: true (on CPU DeepSpeed runs fp32)")
         return self
+
+
+class BenchConfig(JobConfig):
+    """jobs/bench.py: one benchmark of `medsynth bench` with its own options."""
+
+    benchmark: Literal["produce", "cxr-phantom", "brain-age"]
+    args: tuple[str, ...] = Field((), description="the benchmark's options, as on the command line")
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _as_strings(cls, value):  # YAML reads `--count, 50` as a string and an int
+        return tuple(str(v) for v in value) if isinstance(value, (list, tuple)) else value
