@@ -142,8 +142,9 @@ def ray_data(bundle: str, count: int, batch: int, out: str, actors: int) -> dict
     started = time.perf_counter()
     dataset = ray.data.range(count, override_num_blocks=max(1, count // batch)).map_batches(
         Generate, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=actors),
-        # Whole CPUs for the actors starve Ray Data's read and write tasks on a small node.
-        num_cpus=0.9, runtime_env={"env_vars": ACTOR_ENV})
+        # Ray Data's read and write tasks each want a whole CPU: actors holding more than half a core
+        # each leave them unschedulable on a 2-core node, and the pipeline hangs (seen here with 0.9).
+        num_cpus=0.5, runtime_env={"env_vars": ACTOR_ENV})
     dataset.write_webdataset(out, encoder=None)
     seconds = time.perf_counter() - started
     return {"samples_per_s": count / seconds, "seconds_with_startup": seconds}
