@@ -83,23 +83,24 @@ def test_killed_actor_shard_is_redone_exactly_once(ray_local, tmp_path):
 def test_interrupted_driver_resumes_to_exactly_once(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "factory", "produce", "--source", "phantom-cxr", "--size", "32",
-               "--count", "1200", "--shard-size", "20", "--out", str(out), "--seed", "5", "--actors", "1"]
+               "--count", "3000", "--shard-size", "20", "--out", str(out), "--seed", "5", "--actors", "1"]
     env = {**os.environ, "RAY_ADDRESS": ""}
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     deadline = time.monotonic() + 120
     while not list(out.glob("*.commit.json")) and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(0.1)
+        time.sleep(0.05)
+    assert first.poll() is None, "the run ended before it could be interrupted"
     os.killpg(first.pid, signal.SIGINT)
     output = first.communicate(timeout=60)[0]
     assert first.returncode != 0, output
     assert not (out / "manifest.json").exists()
     committed_before = len(list(out.glob("*.commit.json")))
-    assert 0 < committed_before < 60
+    assert 0 < committed_before < 150
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     manifest = read_manifest(str(out))
-    assert all_keys(str(out), manifest) == [manifest["run_id"] + f"-{i:010d}" for i in range(1200)]
+    assert all_keys(str(out), manifest) == [manifest["run_id"] + f"-{i:010d}" for i in range(3000)]
     verify_run(str(out), manifest)
 
 

@@ -151,16 +151,83 @@ def ray_data(bundle: str, count: int, batch: int, out: str, actors: int) -> dict
 
 
 def pool(bundle: str, count: int, batch: int, out: str, actors: int, shard_size: int) -> dict[str, float]:
+    """The factory's pool end to end (actor start and bundle load included), and in steady state:
+    the samples of shards committed after every actor's first shard, over the time they took. The
+    steady-state rate is what a long run sustains and what compares with the generator alone, whose
+    rate also excludes start-up."""
     from factory.produce.pool import produce
     from factory.produce.shards import RunSpec
 
     producer = {"type": "bundle-pairs", "bundle": bundle, "labels": "balanced", "count": count}
     spec = RunSpec(run_id=f"bench-{actors}", requested=count, shard_size=shard_size, seed=0, sample_kind="pair",
                    config={"producer": producer})
+    commits: list[tuple[float, int]] = []
     started = time.perf_counter()
-    manifest = produce(producer, out, spec, actors=actors, batch_size=batch, progress=False)
+    manifest = produce(producer, out, spec, actors=actors, batch_size=batch, progress=False,
+                       on_commit=lambda index, record: commits.append((time.perf_counter(), len(spec.slots(index)))))
     seconds = time.perf_counter() - started
-    return {"samples_per_s": count / seconds, "mb_per_s": manifest["bytes"] / 2**20 / seconds, "seconds": seconds}
+    warm_from = commits[actors - 1][0]
+    steady = commits[actors:]
+    steady_rate = sum(n for _, n in steady) / (commits[-1][0] - warm_from) if steady else float("nan")
+    return {"samples_per_s": count / seconds, "mb_per_s": manifest["bytes"] / 2**20 / seconds, "seconds": seconds,
+            "steady_samples_per_s": steady_rate, "start_up_seconds": commits[0][0] - started,
+            "shards": len(commits)}
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """The process's peak resident set (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def full_run(bundle: str, count: int, batch: int, out: str, actors: int, shard_size: int) -> dict[str, Any]:
+    """One production run of `count` samples with a progress bar: wall time, the driver's resident
+    memory at every tenth of the run (flat when the driver does not grow with N), and the peak
+    resident memory of the driver and of each actor (read from /proc before the actors go)."""
+    import psutil
+
+    from factory.produce.pool import produce
+    from factory.produce.shards import RunSpec
+
+    producer = {"type": "bundle-pairs", "bundle": bundle, "labels": "balanced", "count": count}
+    spec = RunSpec(run_id="bench-full", requested=count, shard_size=shard_size, seed=0, sample_kind="pair",
+                   config={"producer": producer})
+    driver_rss: list[dict[str, float]] = []
+    actor_peaks: dict[int, float] = {}
+    done = 0
+
+    def on_commit(index: int, record: dict) -> None:
+        nonlocal done
+        before = done
+        done += len(spec.slots(index))
+        if done * 10 // count > before * 10 // count or not driver_rss:
+            driver_rss.append({"samples": done, "rss_mb": rss_mb()})
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            if any("ShardWorker" in part for part in process.info["cmdline"] or ()):
+                try:
+                    actor_peaks[process.info["pid"]] = peak_rss_mb(process.info["pid"])
+                except (OSError, RuntimeError):
+                    pass  # the process ended between the listing and the read
+
+    started = time.perf_counter()
+    manifest = produce(producer, out, spec, actors=actors, batch_size=batch, on_commit=on_commit)
+    seconds = time.perf_counter() - started
+    return {"count": count, "out": out, "actors": actors, "shard_size": shard_size, "wall_seconds": seconds,
+            "samples_per_s": count / seconds, "mb_per_s": manifest["bytes"] / 2**20 / seconds,
+            "bytes": manifest["bytes"], "shards": len(manifest["shards"]),
+            "driver_peak_rss_mb": peak_rss_mb(), "driver_rss_over_run": driver_rss,
+            "actor_peak_rss_mb": sorted(actor_peaks.values())}
 
 
 def _start_s3():
@@ -183,12 +250,19 @@ def _start_s3():
     return server, "s3://bench"
 
 
+def _write(path: str, results: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+
+
 def table(results: dict[str, Any]) -> str:
-    rows = [(name, r.get("samples_per_s"), r.get("mb_per_s")) for name, r in results["stages"].items()]
-    lines = [f"{'stage':<44} {'samples/s':>10} {'MB/s':>8}"]
-    lines += [f"{name:<44} {rate:>10.1f} {mb if mb is not None else float('nan'):>8.2f}" for name, rate, mb in rows]
+    nan = float("nan")
+    lines = [f"{'stage':<44} {'samples/s':>10} {'steady/s':>9} {'MB/s':>8}"]
+    lines += [f"{name:<44} {r['samples_per_s']:>10.1f} {r.get('steady_samples_per_s', nan):>9.1f} "
+              f"{r.get('mb_per_s', nan):>8.2f}" for name, r in results["stages"].items()]
     lines.append("")
-    lines += [f"{name:<44} {value:>10.2f}" for name, value in results["ratios"].items()]
+    lines += [f"{name:<56} {value:>6.2f}" for name, value in results["ratios"].items()]
     return "\n".join(lines)
 
 
@@ -206,8 +280,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="channel width of the untrained bundle (16: the width the CPU training benchmark uses)")
     parser.add_argument("--count", type=int, default=1024, help="samples per measurement")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--out", default="docs/bench/produce.json")
+    parser.add_argument("--out", default=None, help="JSON results (default: docs/bench/produce.json, or "
+                        "docs/bench/produce-run.json with --full-run)")
+    parser.add_argument("--full-run", type=int, metavar="N", default=None,
+                        help="instead of the stages: one production run of N samples with 2 actors into the local "
+                             "S3 endpoint (or --full-run-out), reporting wall time and peak memory")
+    parser.add_argument("--full-run-out", default=None, help="output URL of --full-run")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = "docs/bench/produce-run.json" if args.full_run else "docs/bench/produce.json"
 
     import logging
 
@@ -222,6 +303,19 @@ def main(argv: list[str] | None = None) -> int:
         bundle = os.path.join(scratch, "bundle")
         init_bundle(bundle, "emixer", size=args.size, width=args.width, seed=0)
     server, s3_root = _start_s3()
+    if args.full_run:
+        out = args.full_run_out or (f"{s3_root}/full-run" if s3_root else os.path.join(scratch, "full-run"))
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        result = full_run(bundle, args.full_run, args.batch, out, 2, shard_size=1000)
+        ray.shutdown()
+        if server:
+            server.stop()
+        results = {"benchmark": "produce-run", "machine": machine(), "settings": vars(args) | {"bundle": bundle},
+                   "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "run": result}
+        _write(args.out, results)
+        print(json.dumps({k: v for k, v in result.items() if k != "driver_rss_over_run"}, indent=1))
+        print(f"\nwritten to {args.out}")
+        return 0
     stages: dict[str, Any] = {}
     print(f"bench produce: {args.count} samples per stage, bundle {bundle}", file=sys.stderr)
     stages["generator alone, 1 process, default malloc"] = generator_alone(bundle, args.count, args.batch, 1, False)
@@ -243,21 +337,19 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     g1 = stages["generator alone, 1 process, actor malloc"]["samples_per_s"]
     g2 = stages["generator alone, 2 processes, actor malloc"]["samples_per_s"]
-    p1 = stages["factory pool, 1 actor, local"]["samples_per_s"]
-    p2 = stages["factory pool, 2 actors, local"]["samples_per_s"]
+    p1, p2 = stages["factory pool, 1 actor, local"], stages["factory pool, 2 actors, local"]
     ratios = {
         "malloc: actor settings / default (generator)": g1 / stages["generator alone, 1 process, default malloc"]["samples_per_s"],
-        "pool 1 actor / generator alone (1 process)": p1 / g1,
-        "pool 2 actors / generator alone (2 processes)": p2 / g2,
-        "pool 2 actors / pool 1 actor": p2 / p1,
-        "pool 2 actors / ray data": p2 / stages["ray data map_batches + write_webdataset"]["samples_per_s"],
-        "pool 2 actors / naive loop": p2 / stages["naive loop (1 process)"]["samples_per_s"],
+        "pool 1 actor / generator alone (1 process), steady": p1["steady_samples_per_s"] / g1,
+        "pool 2 actors / generator alone (2 processes), steady": p2["steady_samples_per_s"] / g2,
+        "pool 2 actors / pool 1 actor, steady": p2["steady_samples_per_s"] / p1["steady_samples_per_s"],
+        "pool 2 actors / pool 1 actor, end to end": p2["samples_per_s"] / p1["samples_per_s"],
+        "pool 2 actors / ray data, end to end": p2["samples_per_s"] / stages["ray data map_batches + write_webdataset"]["samples_per_s"],
+        "pool 2 actors / naive loop, end to end": p2["samples_per_s"] / stages["naive loop (1 process)"]["samples_per_s"],
     }
     results = {"benchmark": "produce", "machine": machine(), "settings": vars(args) | {"bundle": bundle},
                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": stages, "ratios": ratios}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
+    _write(args.out, results)
     print(table(results))
     print(f"\nwritten to {args.out}")
     return 0

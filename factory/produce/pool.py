@@ -13,7 +13,7 @@ import collections
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from factory import storage
 from factory.errors import FactoryError
@@ -89,8 +89,12 @@ def produce(
     gates: list[dict[str, Any]] | None = None,
     progress: bool = True,
     actor_name_prefix: str | None = None,
+    on_commit: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Write the run described by `spec` with a pool of `actors` Ray actors; return its manifest."""
+    """Write the run described by `spec` with a pool of `actors` Ray actors; return its manifest.
+
+    `on_commit(shard_index, record)` is called on the driver as each shard is committed (job
+    progress reporting, benchmarks)."""
     from tqdm import tqdm
 
     out = storage.absolute(out)
@@ -151,6 +155,8 @@ def produce(
                 continue
             records[shard_index] = record
             bar.update(len(spec.slots(shard_index)))
+            if on_commit:
+                on_commit(shard_index, record)
             dispatch(actor)
     finally:
         bar.close()
