@@ -4,7 +4,7 @@ manifests and checkpoints. A validation error names the file and the field."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -57,6 +57,24 @@ class ProduceConfig(JobConfig):
         if (self.bundle is None) == (self.source is None):
             raise ValueError("give exactly one of bundle and source")
         return self
+
+
+class TranslateConfig(JobConfig):
+    """`medsynth translate` / jobs/translate.py: a translation bundle (duiit) over a source dataset's
+    slices into CT shards, and its 3-D volumes into a Zarr group beside them (factory.produce.translate_plan)."""
+
+    out: str = Field(description="output URL for shards, volumes.zarr and manifest (local path or s3://)")
+    bundle: str = Field(description="translation bundle URL (duiit)")
+    source: str = Field(description="source dataset root in the volumes layout: labels.csv + NIfTI/DICOM/Zarr/PNG")
+    modality: Literal["mri", "pet"] | None = Field(
+        None, description="translate only this modality's studies (default: every modality the bundle translates)")
+    actors: int = Field(1, gt=0)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    shard_size: int = Field(256, gt=0, description="slices per shard")
+    batch_size: int = Field(16, gt=0, description="slices per generator call")
+    seed: int = Field(0, ge=0, description="recorded with every sample; translation itself draws no random numbers")
+    run_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 def _set_dotted(data: dict, dotted: str, value) -> None:
@@ -112,22 +130,45 @@ def load_config(model: type[Config], path: str | Path | None, overrides: list[st
     return validate_config(model, merged, source)
 
 
-class TrainDataConfig(JobConfig):
-    """Training data: the built-in phantom, or a real dataset in one of the adapters' layouts."""
+BrainModality = Literal["ct", "mri", "pet"]
+DEFAULT_BRAIN_COUNTS = {"ct": 300, "mri": 1000, "pet": 1000}
 
-    source: Literal["phantom-cxr", "dataset"] = "phantom-cxr"
+
+class TrainDataConfig(JobConfig):
+    """Training data: a built-in phantom, or a real dataset in one of the adapters' layouts.
+
+    phantom-cxr: `count` chest X-ray studies. phantom-brain: `counts` head phantoms per modality, one
+    2-D axial slice each (DUIIT: a small CT set, larger MRI and PET sets; modalities are different
+    patients). dataset: `path` in `layout`; the volumes layout gives one part per modality, 2-D axial
+    slices (`slices_per_volume` from each 3-D volume). See factory.data.training."""
+
+    source: Literal["phantom-cxr", "phantom-brain", "dataset"] = "phantom-cxr"
     path: str | None = Field(None, description="dataset root (source: dataset)")
-    layout: Literal["mimic-cxr", "iu-xray", "chexpert", "nih", "folder"] | None = None
-    count: int = Field(5000, gt=0, description="phantom studies")
+    layout: Literal["mimic-cxr", "iu-xray", "chexpert", "nih", "folder", "volumes"] | None = None
+    count: int = Field(5000, gt=0, description="phantom chest X-ray studies (source: phantom-cxr)")
+    counts: dict[BrainModality, Annotated[int, Field(ge=0)]] | None = Field(
+        None, description=f"phantom brain patients per modality (source: phantom-brain; default {DEFAULT_BRAIN_COUNTS})")
+    slices_per_volume: int = Field(1, ge=1, description="axial slices taken from each 3-D volume (layout: volumes)")
     size: int = Field(64, ge=16, le=1024, description="image side the model sees")
     seed: int = Field(0, ge=0, description="phantom seed")
     min_word_count: int = Field(6, ge=1, description="vocabulary keeps words seen this often (EMIXER: 6)")
     skip_bad: bool = Field(False, description="skip unreadable studies (counted in the cache) instead of stopping")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_brain_counts(cls, data):
+        if isinstance(data, dict) and data.get("source") == "phantom-brain" and data.get("counts") is None:
+            data = {**data, "counts": dict(DEFAULT_BRAIN_COUNTS)}
+        return data
+
     @model_validator(mode="after")
     def _dataset_needs_path(self):
         if self.source == "dataset" and not (self.path and self.layout):
             raise ValueError("source: dataset needs path and layout")
+        if self.counts is not None and self.source != "phantom-brain":
+            raise ValueError("counts is for source: phantom-brain (phantom-cxr takes count)")
+        if self.source == "phantom-brain" and not 32 <= self.size <= 512:
+            raise ValueError("source: phantom-brain needs 32 <= size <= 512 (the phantom's slice sizes)")
         return self
 
 

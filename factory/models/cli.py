@@ -1,8 +1,9 @@
 """`medsynth bundle init RECIPE --out URL`: write an untrained bundle of the right shape.
 
 Untrained bundles (trained=false) let the production factory, its benchmarks and tests run at the
-real model size without a training run. Weights are a function of --seed; the report vocabulary
-is built from phantom chest X-ray reports (the phantom's own report grammar, no images drawn).
+real model size without a training run. Weights are a function of --seed. EMIXER's report
+vocabulary is built from phantom chest X-ray reports (the phantom's own report grammar, no images
+drawn); DUIIT has no vocabulary, its one label is age and --sources picks its source modalities.
 """
 
 from __future__ import annotations
@@ -20,14 +21,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
                           description="write an untrained bundle (random weights) of a recipe's shape")
     init.add_argument("recipe", choices=sorted(MODELS), help="model recipe")
     init.add_argument("--out", required=True, help="bundle folder or URL (local path, file://, s3://)")
-    init.add_argument("--size", type=int, default=64, help="image size in pixels (power of two; default 64)")
-    init.add_argument("--width", type=int, help="channel width of G, the discriminators and F's encoder "
-                                                "(default: the recipe's)")
+    init.add_argument("--size", type=int, default=64, help="image size in pixels (default 64; emixer: a power of two, "
+                                                                 "duiit: a multiple of 4)")
+    init.add_argument("--width", type=int, help="channel width of the generators and discriminators "
+                                                "(and EMIXER's report encoder; default: the recipe's)")
     init.add_argument("--seed", type=int, default=0, help="seed of the weights and the vocabulary's reports")
+    init.add_argument("--sources", help="duiit: source modalities translated into CT, comma-separated "
+                                        "(default: mri,pet)")
 
 
 def run(args: argparse.Namespace) -> int:
-    metadata = init_bundle(args.out, args.recipe, size=args.size, width=args.width, seed=args.seed)
+    from factory.errors import BadInputError
+
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
+    if sources is not None and args.recipe != "duiit":
+        raise BadInputError("--sources", f"only duiit takes source modalities, not {args.recipe}")
+    metadata = init_bundle(args.out, args.recipe, size=args.size, width=args.width, seed=args.seed, sources=sources)
     print(f"{metadata['bundle_id']}  {args.out}  (untrained, {metadata['files'][0]['bytes']:,} bytes of weights)")
     return 0
 
@@ -46,24 +55,41 @@ def phantom_vocabulary(seed: int, count: int = REPORT_COUNT):
     return Vocabulary.build(reports)
 
 
-def init_bundle(out: str, recipe: str, size: int = 64, width: int | None = None, seed: int = 0) -> dict:
-    from factory.data.labels import CXR_LABELS
+def init_bundle(out: str, recipe: str, size: int = 64, width: int | None = None, seed: int = 0,
+                sources: list[str] | None = None) -> dict:
     from factory.errors import BadInputError
     from factory.models import registry
     from factory.models.bundle import write_bundle
 
-    vocabulary = phantom_vocabulary(seed)
-    overrides = {"image_size": size, "vocab_size": len(vocabulary), "num_labels": len(CXR_LABELS)}
-    if width is not None:
-        overrides.update(g_width=width, d_width=width, f_width=width)
+    shape = _duiit_shape(size, width, sources) if recipe == "duiit" else _emixer_shape(size, width, seed)
+    overrides, label_names, vocabulary, description = shape
     try:
         config = registry.make_config(recipe, overrides)
     except ValueError as err:
         raise BadInputError(out, f"cannot build {recipe}: {err}") from err
     nets = registry.build_networks(recipe, config, seed=seed)
     return write_bundle(
-        out, recipe, nets, config, list(CXR_LABELS), vocabulary.to_json(),
+        out, recipe, nets, config, label_names, vocabulary,
         training_data={"fingerprint": "untrained", "count": 0,
-                       "description": f"untrained: random weights from seed {seed}; vocabulary from "
-                                      f"{REPORT_COUNT} phantom chest X-ray reports"},
+                       "description": f"untrained: random weights from seed {seed}{description}"},
         metrics={}, trained=False)
+
+
+def _emixer_shape(size: int, width: int | None, seed: int) -> tuple[dict, list[str], dict, str]:
+    from factory.data.labels import CXR_LABELS
+
+    vocabulary = phantom_vocabulary(seed)
+    overrides = {"image_size": size, "vocab_size": len(vocabulary), "num_labels": len(CXR_LABELS)}
+    if width is not None:
+        overrides.update(g_width=width, d_width=width, f_width=width)
+    return (overrides, list(CXR_LABELS), vocabulary.to_json(),
+            f"; vocabulary from {REPORT_COUNT} phantom chest X-ray reports")
+
+
+def _duiit_shape(size: int, width: int | None, sources: list[str] | None) -> tuple[dict, list[str], None, str]:
+    overrides: dict = {"image_size": size}
+    if sources is not None:
+        overrides["sources"] = sources
+    if width is not None:
+        overrides.update(g_width=width, d_width=width)
+    return overrides, ["age"], None, ""

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 # name -> module exposing make_config(overrides) and build_networks(config)
 MODELS: dict[str, str] = {
     "emixer": "factory.models.emixer",
+    "judge": "factory.models.judge",
+    "duiit": "factory.models.duiit",
 }
 
 

@@ -29,7 +29,7 @@ def summary(config, result) -> str:
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     lines = [f"run {config.name}: step {metrics.get('step')} of {config.steps} "
              f"(resumed from step {metrics.get('resumed_from', 0)})",
-             "  " + "  ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k not in ("step", "resumed_from")),
+             "  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("step", "resumed_from")),
              f"  checkpoint: {result.checkpoint.path if result.checkpoint else '-'}"]
     if config.bundle_out:
         lines.append(f"  bundle:     {config.bundle_out}")

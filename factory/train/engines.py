@@ -27,6 +27,12 @@ class Engine(Protocol):
 
     def parameters(self) -> Iterable[nn.Parameter]: ...
 
+    def set_lr(self, lr: float) -> None:
+        """Learning rate of every parameter group, from the next step on (schedules live in recipes)."""
+
+    @property
+    def lr(self) -> float: ...
+
 
 class TorchEngine:
     """One network and its optimiser; optional gradient-norm clipping before each step."""
@@ -50,6 +56,29 @@ class TorchEngine:
 
     def parameters(self) -> Iterable[nn.Parameter]:
         return self.module.parameters()
+
+    def set_lr(self, lr: float) -> None:
+        set_param_group_lr(self.optimizer, lr)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def set_param_group_lr(optimizer, lr: float) -> None:
+    """Set `lr` on every parameter group: torch optimisers and DeepSpeed's wrappers (ZeRO 1/2, bf16, fp16
+    optimisers promote their inner optimiser's param_groups) read it at their next step."""
+    for group in optimizer.param_groups:
+        group["lr"] = float(lr)
+
+
+def apply_learning_rates(engines: Mapping[str, "Engine"], rates: Mapping[str, float]) -> None:
+    """Set each named engine's learning rate (a recipe's `learning_rates(step, total)`)."""
+    unknown = sorted(set(rates) - set(engines))
+    if unknown:
+        raise KeyError(f"learning rates for engines that do not exist: {unknown}")
+    for name, lr in rates.items():
+        engines[name].set_lr(lr)
 
 
 def torch_engines(nets: Mapping[str, nn.Module], optimizer_config, clip: float | None = None) -> dict[str, TorchEngine]:

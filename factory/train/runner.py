@@ -1,13 +1,16 @@
 """Ray Train + DeepSpeed runner: any recipe, N workers, one DeepSpeed engine per network.
 
-The driver decodes the training data once into a Zarr cache and builds the vocabulary, both under
-the run's storage path; then a `TorchTrainer` starts N workers (gloo on CPU, nccl on GPU). Each
-worker reads the cache, asks the recipe for its networks, wraps each one in its own DeepSpeed engine
-(ZeRO stage, precision and clipping from the config), and runs the recipe's step on its share of
-the data. Every `checkpoint_every` steps all engines save through `ray.train.Checkpoint` into the
-run's storage; a run started again under the same name resumes from the newest checkpoint and
-continues its step count, and failed workers are restarted (FailureConfig). At the end rank 0 writes
-a bundle. The runner knows no model by name: everything model-specific comes from the recipe.
+The driver decodes the training data parts the recipe asks for once into Zarr caches and keeps the
+recipe's data info (e.g. a vocabulary), all under the run's storage path (factory.train.data); then
+a `TorchTrainer` starts N workers (gloo on CPU, nccl on GPU). Each worker reads the caches, asks the
+recipe for its networks, wraps each one in its own DeepSpeed engine (ZeRO stage, precision and
+clipping from the config), and before every step sets the engines' learning rates from the recipe's
+schedule, samples a batch of each part from its share and runs the recipe's step. Every
+`checkpoint_every` steps all engines save through `ray.train.Checkpoint` into the run's storage,
+with the recipe's own per-worker state (e.g. an image pool); a run started again under the same name
+resumes from the newest checkpoint and continues its step count, and failed workers are restarted
+(FailureConfig). At the end rank 0 writes a bundle. The runner knows no model by name: everything
+model-specific comes from the recipe (factory.train.recipes.Recipe).
 """
 
 from __future__ import annotations
@@ -21,45 +24,15 @@ from typing import Any
 import numpy as np
 
 from factory import storage
-from factory.config import TrainConfig, TrainDataConfig
+from factory.config import TrainConfig
+from factory.train.data import TrainingData, fingerprint, load_training_data, prepare_data
 
 log = logging.getLogger(__name__)
 STATE_NAME = "runner_state.json"
+RECIPE_STATE_NAME = "recipe_state_rank{rank}.safetensors"  # per worker: each keeps its own
 
 
 # --- driver side --------------------------------------------------------------------------------
-
-def open_training_data(data: TrainDataConfig):
-    if data.source == "phantom-cxr":
-        from factory.data.phantoms.dataset import PhantomCxrDataset
-
-        return PhantomCxrDataset(data.count, size=data.size, seed=data.seed)
-    from factory.data.adapters import open_dataset
-
-    return open_dataset(data.path, data.layout, size=data.size, skip_bad=data.skip_bad)
-
-
-def prepare_data(config: TrainConfig, progress: bool = True) -> tuple[str, dict]:
-    """The run's data cache and vocabulary, built once and reused by every worker and every restart."""
-    from factory.data.cache import CachedDataset, write_cache
-    from factory.data.text.vocab import Vocabulary
-    from factory.errors import BadInputError
-
-    run_url = storage.join(config.storage_path, config.name)
-    cache_url = storage.join(run_url, "data.zarr")
-    try:
-        cache = CachedDataset(cache_url)
-    except BadInputError:
-        cache = write_cache(open_training_data(config.data), cache_url, progress=progress)
-    vocabulary_url = storage.join(run_url, "vocabulary.json")
-    if storage.exists(vocabulary_url):
-        vocabulary = json.loads(storage.read_bytes(vocabulary_url))
-    else:
-        texts = [str(r) for r, has in zip(cache.reports, cache.has_report) if has]
-        vocabulary = Vocabulary.build(texts, min_count=config.data.min_word_count).to_json()
-        storage.atomic_put(vocabulary_url, json.dumps(vocabulary).encode())
-    return cache_url, vocabulary
-
 
 def _ray_storage(config: TrainConfig) -> tuple[str, Any]:
     """Ray Train's storage path and filesystem: S3 goes through our fsspec settings (endpoint, keys)."""
@@ -77,17 +50,24 @@ def train(config: TrainConfig, progress: bool = True):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from factory.errors import BadInputError
+    from factory.train.recipes import get_recipe
+
     config = config.model_copy(update={
         "storage_path": storage.absolute(config.storage_path),
         "bundle_out": storage.absolute(config.bundle_out) if config.bundle_out else None})
-    cache_url, vocabulary = prepare_data(config, progress)
+    try:
+        recipe = get_recipe(config.recipe)
+    except KeyError as err:
+        raise BadInputError("recipe", err.args[0]) from err
+    prepared = prepare_data(config, recipe, progress)
     if not ray.is_initialized():
         # Workers' and controllers' logs stay in Ray's log folder; failures reach the driver as exceptions.
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     storage_path, filesystem = _ray_storage(config)
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": config.model_dump(mode="json"), "cache_url": cache_url, "vocabulary": vocabulary},
+        train_loop_config={"config": config.model_dump(mode="json"), "data": prepared},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": config.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
@@ -127,6 +107,15 @@ class DeepSpeedEngine:
 
     def backward(self, loss) -> None:
         self.engine.backward(loss)
+
+    def set_lr(self, lr: float) -> None:
+        from factory.train.engines import set_param_group_lr
+
+        set_param_group_lr(self.engine.optimizer, lr)
+
+    @property
+    def lr(self) -> float:
+        return float(self.engine.optimizer.param_groups[0]["lr"])
 
     def step(self) -> None:
         self.engine.step()  # optimizer step, gradient clipping and zeroing, as configured
@@ -168,22 +157,22 @@ def _worker_loop(loop_config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from factory.data.cache import CachedDataset
-    from factory.data.text.vocab import Vocabulary
+    from factory.train.engines import apply_learning_rates
     from factory.train.recipes import get_recipe
 
     config = TrainConfig.model_validate(loop_config["config"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    cache = CachedDataset(loop_config["cache_url"])
-    images, labels = (torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in cache.arrays())
-    reports = [str(r) for r in cache.reports]
-    vocabulary = Vocabulary.from_json(loop_config["vocabulary"], "vocabulary.json")
-    mine = np.arange(rank, len(reports), world)  # this worker's share of the studies
+    data = load_training_data(loop_config["data"])
+    shares = {}  # this worker's share of each part's studies
+    for name, part in data.parts.items():
+        if len(part) < world:
+            raise ValueError(f"training data part {name!r} has {len(part)} studies, fewer than {world} workers")
+        shares[name] = np.arange(rank, len(part), world)
 
     recipe = get_recipe(config.recipe)
-    model_config = recipe.model_config(config.model, vocabulary, cache.label_names, int(images.shape[-1]))
+    model_config = recipe.model_config(config.model, data)
     nets = recipe.build(model_config, seed=config.seed)  # same initial weights on every rank
     ds_config = deepspeed_config(config)
     engines = {}
@@ -199,18 +188,23 @@ def _worker_loop(loop_config: dict) -> None:
                 engine.load(directory, tag=name)
             with open(os.path.join(directory, STATE_NAME)) as f:
                 start = json.load(f)["step"]
+            _load_recipe_state(recipe, directory, rank)
     generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + rank * 7919 + start)
     metrics: dict[str, float] = {}
     for step in range(start, config.steps):
         rng = np.random.default_rng([config.seed, rank, step])
-        index = np.sort(rng.choice(mine, size=min(config.batch_size, len(mine)), replace=False))
-        batch = recipe.batch(images[index], labels[index], [reports[i] for i in index], index, vocabulary)
-        metrics = recipe.train_step(engines, batch, step, generator)
+        indices = {name: np.sort(rng.choice(share, size=min(config.batch_size, len(share)), replace=False))
+                   for name, share in shares.items()}
+        # The schedule is a function of the step alone, so a resumed run continues it exactly.
+        apply_learning_rates(engines, recipe.learning_rates(step, config.steps))
+        metrics = recipe.train_step(engines, recipe.batch(data, indices), step, generator)
+        metrics.update({f"lr_{name}": engine.lr for name, engine in engines.items()})
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
             with tempfile.TemporaryDirectory() as directory:
                 for name, engine in engines.items():
                     engine.save(directory, tag=name)  # collective: every rank writes its ZeRO partition
+                _save_recipe_state(recipe, directory, rank)
                 if rank == 0:
                     with open(os.path.join(directory, STATE_NAME), "w") as f:
                         json.dump({"step": done, "config": config.model_dump(mode="json"),
@@ -218,26 +212,38 @@ def _worker_loop(loop_config: dict) -> None:
                 ray.train.report({"step": done, "resumed_from": start, **metrics},
                                  checkpoint=ray.train.Checkpoint.from_directory(directory))
     if rank == 0 and config.bundle_out:
-        export(config, recipe.name, {n: e.module for n, e in engines.items()}, model_config, cache, vocabulary,
+        export(config, recipe, {n: e.module for n, e in engines.items()}, model_config, data,
                {"steps": config.steps, **metrics})
 
 
-def export(config: TrainConfig, recipe: str, nets, model_config: dict, cache, vocabulary, metrics: dict) -> dict:
-    """Write the trained networks as a bundle (safetensors + validated metadata + sha256)."""
-    import hashlib
+def _save_recipe_state(recipe, directory: str, rank: int) -> None:
+    from safetensors.torch import save_file
 
+    state = recipe.state_dict()
+    if state:
+        save_file({key: value.detach().cpu().contiguous() for key, value in state.items()},
+                  os.path.join(directory, RECIPE_STATE_NAME.format(rank=rank)))
+
+
+def _load_recipe_state(recipe, directory: str, rank: int) -> None:
+    from safetensors.torch import load_file
+
+    path = os.path.join(directory, RECIPE_STATE_NAME.format(rank=rank))
+    if os.path.exists(path):
+        recipe.load_state_dict(load_file(path))
+    elif any(name.startswith("recipe_state_rank") for name in os.listdir(directory)):
+        # Resumed with more workers than were saved: this rank starts its recipe state afresh.
+        log.warning("checkpoint has no recipe state for rank %d; starting it afresh", rank)
+
+
+def export(config: TrainConfig, recipe, nets, model_config: dict, data: TrainingData, metrics: dict) -> dict:
+    """Write the trained networks as a bundle (safetensors + validated metadata + sha256)."""
     from factory.models.bundle import write_bundle
 
-    fingerprint = hashlib.sha256()
-    for study_id in cache.study_ids:
-        fingerprint.update(str(study_id).encode() + b"\0")
-    fingerprint.update(np.ascontiguousarray(cache.labels[:]).tobytes())
-    positives = np.nan_to_num(np.asarray(cache.labels[:]), nan=0.0) == 1
-    combos, counts = np.unique(positives, axis=0, return_counts=True)
-    prior = [{"labels": [n for n, on in zip(cache.label_names, combo) if on] or ["No Finding"],
-              "share": float(c / counts.sum())} for combo, c in zip(combos, counts)]
+    described = recipe.export_metadata(data)
+    training_data = {"fingerprint": fingerprint(data), "count": sum(len(p) for p in data.parts.values()),
+                     "description": config.data.model_dump_json(), **described.get("training_data", {})}
     return write_bundle(
-        config.bundle_out, recipe, nets, model_config, list(cache.label_names), vocabulary.to_json(),
-        training_data={"fingerprint": fingerprint.hexdigest(), "count": len(cache),
-                       "description": config.data.model_dump_json(), "label_prior": prior},
+        config.bundle_out, recipe.name, nets, model_config, list(described["label_names"]),
+        described.get("vocabulary"), training_data=training_data,
         metrics={k: float(v) for k, v in metrics.items()}, trained=True)

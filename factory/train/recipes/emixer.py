@@ -40,7 +40,7 @@ all, so neither the label embeddings of G nor the projection of D_image learn fr
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,12 @@ from factory.data.text.vocab import Vocabulary
 from factory.models import emixer
 from factory.models.registry import build_networks
 from factory.train.engines import Engine, frozen
+
+if TYPE_CHECKING:
+    from factory.config import TrainDataConfig
+    from factory.train.data import TrainingData
+
+STUDIES = "studies"  # the one training data part EMIXER reads (factory.data.training)
 
 
 def labelled_mask(indices: Iterable[int], fraction: float, seed: int) -> np.ndarray:
@@ -85,29 +91,67 @@ class EmixerRecipe:
 
     def __init__(self) -> None:
         self.config: dict[str, Any] | None = None
+        self.vocabulary: Vocabulary | None = None
 
     def build(self, model_config: Mapping[str, Any], seed: int | None = None) -> dict[str, nn.Module]:
         """Networks by name: G, F, D_image, D_report, D_joint (config checked and completed first)."""
         self.config = emixer.make_config(model_config)
         return build_networks(self.name, self.config, seed)
 
-    def model_config(self, overrides: Mapping[str, Any], vocabulary: Vocabulary, label_names: Sequence[str],
-                     image_size: int) -> dict[str, Any]:
-        """The full model config for training data with this vocabulary, labels and image size."""
-        return emixer.make_config(overrides, vocab_size=len(vocabulary), num_labels=len(label_names),
-                                  image_size=image_size)
+    def data_parts(self, overrides: Mapping[str, Any]) -> tuple[str, ...]:
+        """One part: chest X-ray studies with labels and reports."""
+        return (STUDIES,)
 
-    def batch(self, images: torch.Tensor, labels: torch.Tensor, reports: Sequence[str], indices: Iterable[int],
-              vocabulary: Vocabulary) -> dict[str, torch.Tensor]:
-        """A train_step batch from dataset tensors: images (B, 1, H, W) in [0, 1], labels with CheXpert
-        values (uncertain and unmentioned count as absent)."""
-        present = torch.nan_to_num(labels, nan=0.0).eq(1.0).float()
-        return make_batch(images * 2 - 1, present, reports, indices, vocabulary, self._config())
+    def data_info(self, parts: Mapping[str, Any], data: TrainDataConfig) -> dict[str, Any]:
+        """The report vocabulary, built once from every training report (words seen min_word_count times)."""
+        cache = parts[STUDIES]
+        texts = [str(r) for r, has in zip(cache.reports, cache.has_report) if has]
+        return {"vocabulary": Vocabulary.build(texts, min_count=data.min_word_count).to_json()}
+
+    def model_config(self, overrides: Mapping[str, Any], data: TrainingData) -> dict[str, Any]:
+        """The full model config for training data with this vocabulary, labels and image size."""
+        part = data.parts[STUDIES]
+        return emixer.make_config(overrides, vocab_size=len(self._vocabulary(data)),
+                                  num_labels=len(part.label_names), image_size=int(part.images.shape[-1]))
+
+    def batch(self, data: TrainingData, indices: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """A train_step batch of the sampled studies: images (B, 1, H, W) in [0, 1] -> [-1, 1], labels with
+        CheXpert values (uncertain and unmentioned count as absent)."""
+        part, index = data.parts[STUDIES], indices[STUDIES]
+        present = torch.nan_to_num(part.labels[index], nan=0.0).eq(1.0).float()
+        return make_batch(part.images[index] * 2 - 1, present, [part.reports[i] for i in index], index,
+                          self._vocabulary(data), self._config())
 
     def optimizer_config(self, name: str) -> dict[str, Any]:
         """Adam settings: 5e-5 for G and F, 2e-4 for the discriminators unless the config says otherwise."""
         config = self._config()
         return {"lr": float(config["lr"][name]), "betas": tuple(float(b) for b in config["betas"])}
+
+    def learning_rates(self, step: int, total_steps: int) -> dict[str, float]:
+        """Constant: the paper gives no schedule."""
+        return {name: float(lr) for name, lr in self._config()["lr"].items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """EMIXER keeps no state between steps."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        return None
+
+    def export_metadata(self, data: TrainingData) -> dict[str, Any]:
+        """Label names, the vocabulary and the training labels' prior (combinations and their shares)."""
+        part = data.parts[STUDIES]
+        positives = np.nan_to_num(part.labels.numpy(), nan=0.0) == 1
+        combos, counts = np.unique(positives, axis=0, return_counts=True)
+        prior = [{"labels": [n for n, on in zip(part.label_names, combo) if on] or ["No Finding"],
+                  "share": float(c / counts.sum())} for combo, c in zip(combos, counts)]
+        return {"label_names": list(part.label_names), "vocabulary": data.info["vocabulary"],
+                "training_data": {"label_prior": prior}}
+
+    def _vocabulary(self, data: TrainingData) -> Vocabulary:
+        if self.vocabulary is None:
+            self.vocabulary = Vocabulary.from_json(data.info["vocabulary"], "vocabulary")
+        return self.vocabulary
 
     def train_step(self, engines: Mapping[str, Engine], batch: Mapping[str, torch.Tensor], step: int,
                    generator: torch.Generator) -> dict[str, float]:
