@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("factory.train.cli", "train a recipe with Ray Train + DeepSpeed (resumes by run name)"),
     "bundle": ("factory.models.cli", "write an untrained generator bundle of a recipe's shape"),
     "produce": ("factory.produce.cli", "produce labelled samples into shards with a Ray actor pool"),
+    "translate": ("factory.produce.translate_cli",
+                  "translate MRI/PET slices and volumes into CT shards and a Zarr group with a Ray actor pool"),
     "inspect": ("factory.produce.inspect", "summarise and verify a run, or extract one sample"),
     "bench": ("factory.bench.cli", "run a benchmark and write its JSON results"),
 }

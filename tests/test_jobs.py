@@ -6,20 +6,30 @@ from pathlib import Path
 
 import pytest
 
-from factory.config import BenchConfig, ProduceConfig, TrainConfig, load_config
+from factory.config import BenchConfig, ProduceConfig, TrainConfig, TranslateConfig, load_config
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
-MODELS = {"produce": ProduceConfig, "train": TrainConfig, "bench": BenchConfig}
+MODELS = {"produce": ProduceConfig, "train": TrainConfig, "bench": BenchConfig, "translate": TranslateConfig}
 
 
-@pytest.mark.parametrize("job", sorted(MODELS))
-def test_example_config_validates_and_entrypoint_exists(job):
-    load_config(MODELS[job], JOBS / "configs" / f"{job}.yaml")
+CONFIGS = sorted(p.name for p in (JOBS / "configs").glob("*.yaml"))
+
+
+def job_of(config_name: str) -> str:
+    """A config's job: its name up to the first dash (train.yaml and train-duiit.yaml are both train's)."""
+    return config_name.removesuffix(".yaml").split("-", 1)[0]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_example_config_validates_and_entrypoint_exists(config):
+    job = job_of(config)
+    load_config(MODELS[job], JOBS / "configs" / config)
     assert (JOBS / f"{job}.py").is_file()
 
 
 def test_jobs_and_configs_match():
-    assert {p.stem for p in JOBS.glob("*.py")} == {p.stem for p in (JOBS / "configs").glob("*.yaml")} == set(MODELS)
+    assert {p.stem for p in JOBS.glob("*.py")} == {job_of(c) for c in CONFIGS} == set(MODELS)
+    assert all(f"{job}.yaml" in CONFIGS for job in MODELS)  # each job has its main example
 
 
 def test_bad_setting_fails_in_one_line():

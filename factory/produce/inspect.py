@@ -47,6 +47,10 @@ def summary(url: str, manifest: dict[str, Any], verified: str) -> str:
         f"bytes          {manifest['bytes']:,} ({manifest['bytes'] / 2**20:.1f} MiB)",
         f"verified       {verified}",
     ]
+    volumes = (manifest.get("extra") or {}).get("volumes")
+    if volumes:
+        lines.append(f"volumes        {volumes['count']} Zarr arrays ({volumes['slices']} slices) in "
+                     f"{storage.join(url, volumes['group'])}")
     if manifest["dropped"]:
         lines.append("dropped        " + ", ".join(f"{k}: {v}" for k, v in manifest["dropped"].items()))
     if manifest["label_histogram"]:

@@ -10,6 +10,7 @@ and a replacement actor takes over; an interrupted run resumes from its committe
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +38,14 @@ class ShardWorker:
 
     def __init__(self, producer_spec: dict[str, Any], out: str, spec: RunSpec, batch_size: int = 32,
                  gates: list[dict[str, Any]] | None = None, encode_threads: int = 2):
-        self.producer = build_producer(producer_spec, spec.seed)
-        self.gates = [build_gate(g) for g in gates or []]
+        self.startup_error: FactoryError | None = None
+        try:
+            self.producer = build_producer(producer_spec, spec.seed)
+            self.gates = [build_gate(g) for g in gates or []]
+        except FactoryError as err:
+            # Raised from write() instead: a user error (a bad bundle, a changed dataset) then reaches
+            # the driver as itself, one line naming the file, not inside Ray's actor-death message.
+            self.startup_error = err
         self.out, self.spec, self.batch_size = out, spec, batch_size
         self.encoder = ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="encode")
 
@@ -63,19 +70,33 @@ class ShardWorker:
         return encode_sample(item, self.spec.run_id, self.spec.seed)
 
     def write(self, shard_index: int) -> dict[str, Any]:
+        if self.startup_error is not None:
+            raise self.startup_error
         return write_encoded_shard(self.out, self.spec, shard_index, self._encoded(shard_index))
 
     def pid(self) -> int:
         return os.getpid()
 
 
-def _ray():
+def connect_ray():
     import ray
 
     if not ray.is_initialized():
         # RAY_ADDRESS, when set, points at an existing cluster; otherwise a local one starts.
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     return ray
+
+
+@contextlib.contextmanager
+def reraise_user_error(ray):
+    """A FactoryError raised in an actor or task reaches the caller as itself (one line naming the
+    file and the problem), not wrapped in Ray's remote traceback."""
+    try:
+        yield
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, FactoryError):
+            raise err.cause from None
+        raise
 
 
 def produce(
@@ -90,11 +111,15 @@ def produce(
     progress: bool = True,
     actor_name_prefix: str | None = None,
     on_commit: Callable[[int, dict[str, Any]], None] | None = None,
+    finish: Callable[[dict[int, dict[str, Any]]], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """Write the run described by `spec` with a pool of `actors` Ray actors; return its manifest.
 
     `on_commit(shard_index, record)` is called on the driver as each shard is committed (job
-    progress reporting, benchmarks)."""
+    progress reporting, benchmarks). `finish(records)` runs once every shard has committed and the
+    actors are gone, before the manifest: work built from the committed shards (a translation's
+    Zarr volumes); what it returns becomes the manifest's `extra`. It must be resumable itself: an
+    interrupted run calls it again."""
     from tqdm import tqdm
 
     out = storage.absolute(out)
@@ -104,7 +129,7 @@ def produce(
         return manifest
     records = committed_shards(out, spec)
     queue = collections.deque(i for i in range(spec.num_shards) if i not in records)
-    ray = _ray()
+    ray = connect_ray()
     actor_class = ray.remote(ShardWorker)
     actor_options = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor, "runtime_env": {"env_vars": ACTOR_ENV}}
     prefix = actor_name_prefix or f"medsynth-{spec.run_id}"
@@ -135,7 +160,8 @@ def produce(
             done, _ = ray.wait(list(in_flight), num_returns=1)
             actor, shard_index = in_flight.pop(done[0])
             try:
-                record = ray.get(done[0])
+                with reraise_user_error(ray):
+                    record = ray.get(done[0])
             except ray.exceptions.RayActorError as err:
                 if getattr(err, "actor_init_failed", False):  # a bad bundle or spec: replacing cannot help
                     raise FactoryError(f"run {spec.run_id}: production actor failed to start: {err}") from err
@@ -162,7 +188,8 @@ def produce(
         bar.close()
         for actor in pool:
             ray.kill(actor)
-    manifest = build_manifest(spec, records.values())
+    extra = finish(records) if finish else None
+    manifest = build_manifest(spec, records.values(), extra)
     _remove_stale_partials(out)
     write_manifest(out, manifest)
     return manifest

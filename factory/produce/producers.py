@@ -13,8 +13,11 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from factory.data.labels import CXR_LABELS
-from factory.errors import FactoryError
+from factory.errors import BadInputError, FactoryError
 from factory.produce.samples import Dropped, Sample
+
+SIXTEEN_BIT = 65535
+CT_PNG_OFFSET = 1024  # ct.png holds HU + 1024: the volume adapter's CT PNG convention (a test checks they agree)
 
 
 class Producer(Protocol):
@@ -158,10 +161,114 @@ class BundlePairProducer:
         return samples
 
 
+class TranslationProducer:
+    """Source slices translated into CT by a translation bundle (DUIIT and kin).
+
+    Sample n is slice n of the run's slice plan (factory.produce.translate_plan). The actor opens the
+    source dataset itself, reads each study through the volume adapter (resampled to the bundle's
+    image size, MRI/PET normalised as in training), translates with the generator of the study's
+    modality and returns:
+      ct.png   16-bit: round(HU) + 1024, clipped to 0..65535 (the volume adapter's and the phantom's
+               PNG convention for CT). The generator's range is the model's CT window (DUIIT: -20..120
+               HU), so the values lie within it.
+      src.png  16-bit: the generator's input, the normalised source clipped to the model's
+               source_range [lo, hi] and mapped onto 0..65535.
+    Each sample's json records both mappings under `encoding`, with the age label, source modality,
+    study id, slice index and count, spacing and the bundle. Translation draws no random numbers; it
+    depends on the plan, the bundle and the batch layout only, so any shard regenerates bit for bit.
+    """
+
+    sample_kind = "translation"
+    MODEL_FUNCTIONS = ("translate", "to_model_space", "ct_to_hounsfield")
+
+    def __init__(self, bundle_url: str, bundle_sha256: str, plan: dict[str, Any]):
+        import torch
+
+        from factory import storage
+        from factory.data.adapters.volumes import open_volumes
+        from factory.models import registry
+        from factory.models.bundle import METADATA_NAME, load_bundle
+        from factory.produce.translate_plan import LABELS_NAME, SlicePlan, labels_sha256
+
+        self.torch = torch
+        self.plan = SlicePlan(plan)
+        self.labels_url = storage.join(self.plan.root, LABELS_NAME)
+        # The run's identity holds both hashes: a dataset or bundle replaced in place since planning
+        # would make shards of one run disagree, so it stops the run instead.
+        if labels_sha256(self.plan.root) != plan["labels_sha256"]:
+            raise BadInputError(self.labels_url, "changed since this run was planned; "
+                                                 "write the translation to a new location")
+        self.bundle = load_bundle(bundle_url, device="cuda" if torch.cuda.is_available() else "cpu")
+        if self.bundle.sha256 != bundle_sha256:
+            raise BadInputError(storage.join(bundle_url, METADATA_NAME), "changed since this run was planned; "
+                                                                         "write the translation to a new location")
+        self.model = registry.model_module(self.bundle.recipe)
+        if not all(hasattr(self.model, name) for name in self.MODEL_FUNCTIONS):
+            raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not translate images")
+        self.config = self.bundle.model_config
+        untranslatable = sorted(set(self.plan.modalities) - set(self.config["sources"]))
+        if untranslatable:
+            raise FactoryError(f"{bundle_url}: translates {self.config['sources']}, not {untranslatable}")
+        self.volumes = open_volumes(self.plan.root, size=self.config["image_size"])
+        self.rows = {row["study_id"]: i for i, row in enumerate(self.volumes.rows)}
+        self.source = {"kind": "bundle", "recipe": self.bundle.recipe, "bundle_id": self.bundle.bundle_id,
+                       "bundle_sha256": self.bundle.sha256}
+        low, high = self.config["source_range"]
+        self.src_encoding = {"units": "source / its 99.5th percentile", "scale": (high - low) / SIXTEEN_BIT,
+                             "offset": low}
+        self._loaded: tuple[str, Any] | None = None  # consecutive slices of one volume decode it once
+
+    def _study(self, planned):
+        if self._loaded is not None and self._loaded[0] == planned.study_id:
+            return self._loaded[1]
+        if planned.study_id not in self.rows:
+            raise BadInputError(self.labels_url, f"study {planned.study_id} of the run's plan is missing")
+        study = self.volumes.load(self.rows[planned.study_id])
+        slices = 1 if study.image.ndim == 3 else study.image.shape[1]
+        if slices != planned.slices:
+            raise BadInputError(study.meta["source"], f"holds {slices} slices; its header promised "
+                                                      f"{planned.slices} when the run was planned")
+        self._loaded = (planned.study_id, study)
+        return study
+
+    def make_batch(self, indices: range) -> list[Sample]:
+        located = [(index, *self.plan.locate(index)) for index in indices]
+        studies = [self._study(planned) for _, planned, _ in located]
+        planes = [s.image[0] if s.image.ndim == 3 else s.image[0, z] for s, (_, _, z) in zip(studies, located)]
+        hounsfield: list[Any] = [None] * len(located)
+        for modality in sorted({planned.modality for _, planned, _ in located}):
+            positions = [i for i, (_, planned, _) in enumerate(located) if planned.modality == modality]
+            inputs = self.model.to_model_space(self.torch.stack([planes[i] for i in positions])[:, None],
+                                               modality, self.config)
+            translated = self.model.translate(self.bundle.nets, inputs, modality)
+            values = self.model.ct_to_hounsfield(translated, self.config)[:, 0].cpu().numpy()
+            for position, plane in zip(positions, values):
+                hounsfield[position] = plane
+        low, high = self.config["source_range"]
+        samples = []
+        for (index, planned, z), study, plane, hu in zip(located, studies, planes, hounsfield):
+            ct = np.clip(np.rint(hu.astype(np.float64)) + CT_PNG_OFFSET, 0, SIXTEEN_BIT).astype(np.uint16)
+            unit = (plane.numpy().astype(np.float64).clip(low, high) - low) / (high - low)
+            src = np.rint(unit * SIXTEEN_BIT).astype(np.uint16)
+            metadata = {
+                "kind": "translation", "source": self.source,
+                "labels": {} if planned.age is None else {"age": planned.age},
+                "source_modality": planned.modality, "source_study_id": planned.study_id,
+                "slice_index": z, "slice_count": planned.slices,
+                "spacing": [None if np.isnan(s) else float(s) for s in study.meta["spacing"]],
+                "encoding": {"ct.png": {"units": "HU", "scale": 1.0, "offset": -float(CT_PNG_OFFSET)},
+                             "src.png": self.src_encoding},
+            }
+            samples.append(Sample(index=index, images={"ct.png": ct, "src.png": src}, metadata=metadata))
+        return samples
+
+
 def build_producer(spec: dict[str, Any], seed: int) -> Producer:
     kind = spec.get("type")
     if kind == "phantom-cxr":
         return PhantomPairProducer(seed, size=int(spec.get("size", 128)))
     if kind == "bundle-pairs":
         return BundlePairProducer(seed, spec["bundle"], spec.get("labels", "balanced"), int(spec["count"]))
-    raise FactoryError(f"unknown producer type {kind!r} (known: phantom-cxr, bundle-pairs)")
+    if kind == "bundle-translation":
+        return TranslationProducer(spec["bundle"], spec["bundle_sha256"], spec["plan"])
+    raise FactoryError(f"unknown producer type {kind!r} (known: phantom-cxr, bundle-pairs, bundle-translation)")

@@ -1,4 +1,5 @@
-"""From a validated ProduceConfig to a finished run: one function for the CLI and the Ray job."""
+"""From a validated ProduceConfig (or TranslateConfig) to a finished run: one function each for the
+CLI and the Ray job."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 import yaml
 
 from factory import storage
-from factory.config import ProduceConfig
-from factory.errors import BadInputError
+from factory.config import ProduceConfig, TranslateConfig
+from factory.errors import BadInputError, FactoryError
 from factory.produce.pool import produce
 from factory.produce.shards import RunSpec, canonical_sha256
 
@@ -58,3 +59,53 @@ def run_production(config: ProduceConfig, command: str = "", progress: bool = Tr
     return produce(producer, config.out, spec, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
                    gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size,
                    gates=spec.config["gates"], progress=progress)
+
+
+def translation_spec(config: TranslateConfig, command: str = "", progress: bool = True):
+    """(producer spec for the actors, run spec, slice plan, bundle identity) of a translation run.
+
+    The run's identity holds the bundle's sha256 and the plan's sha256 (which covers labels.csv and
+    every study's slice count), so translating changed data or with another bundle is another run."""
+    from factory.models import registry
+    from factory.models.bundle import METADATA_NAME, read_metadata
+    from factory.produce.producers import TranslationProducer
+    from factory.produce.translate_plan import build_plan
+
+    bundle = read_metadata(config.bundle)
+    model_config = bundle["model_config"]
+    module = registry.model_module(bundle["recipe"])
+    if not model_config.get("sources") or not all(hasattr(module, f) for f in TranslationProducer.MODEL_FUNCTIONS):
+        raise FactoryError(f"{storage.join(config.bundle, METADATA_NAME)}: a {bundle['recipe']} bundle does not "
+                           "translate images (translation needs a duiit bundle)")
+    plan = build_plan(config.source, model_config["sources"], config.modality, progress=progress)
+    producer = {"type": "bundle-translation", "bundle": storage.absolute(config.bundle),
+                "bundle_sha256": bundle["sha256"], "source": plan.root, "modality": config.modality,
+                "image_size": model_config["image_size"], "plan_sha256": plan.sha256,
+                "studies": len(plan.studies), "volumes": len(plan.volumes())}
+    settings = {"producer": producer, "shard_size": config.shard_size, "batch_size": config.batch_size}
+    # Same settings, same run id: running the same command again resumes instead of starting over.
+    run_id = config.run_id or f"translate-{bundle['recipe']}-s{config.seed}-{canonical_sha256(settings)[:8]}"
+    spec = RunSpec(run_id=run_id, requested=plan.count, shard_size=config.shard_size, seed=config.seed,
+                   sample_kind="translation", config=settings, command=command)
+    identity = {"bundle_id": bundle["bundle_id"], "bundle_sha256": bundle["sha256"]}
+    return {**producer, "plan": plan.document}, spec, plan, identity
+
+
+def run_translation(config: TranslateConfig, command: str = "", progress: bool = True,
+                    on_commit=None, actor_name_prefix: str | None = None) -> dict[str, Any]:
+    """Translate every planned slice into shards, then write the volumes (see factory.produce.volumes)
+    and the manifest, whose `extra.volumes` lists the Zarr arrays. `on_commit` and
+    `actor_name_prefix` are passed to the pool (see factory.produce.pool.produce)."""
+    from factory.produce.volumes import write_volumes
+
+    producer, spec, plan, identity = translation_spec(config, command, progress)
+    out = storage.absolute(config.out)
+
+    def volumes(records):
+        written = write_volumes(out, spec, plan.volumes(), records, identity,
+                                cpus_per_task=min(1.0, config.cpus_per_actor), progress=progress)
+        return {"volumes": written} if written else None
+
+    return produce(producer, out, spec, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
+                   gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size, progress=progress,
+                   on_commit=on_commit, actor_name_prefix=actor_name_prefix, finish=volumes)
