@@ -77,6 +77,29 @@ class TranslateConfig(JobConfig):
     run_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
+class EvaluateConfig(JobConfig):
+    """`medsynth evaluate RUN_URL` / jobs/evaluate.py: a run measured against real data, as an HTML report."""
+
+    run: str = Field(description="the run to evaluate (folder or s3:// URL with a manifest)")
+    out: str = Field(description="the HTML report to write; its metrics go beside it as .json")
+    judge: str = Field(description="judge bundle URL (`medsynth evaluate judge` writes one)")
+    real: str | None = Field(None, description="real studies the generator did not train on (default: phantoms)")
+    real_layout: Literal["mimic-cxr", "iu-xray", "chexpert", "nih", "folder"] | None = None
+    train: str | None = Field(None, description="the generator's training studies, for the memorization audit")
+    train_layout: Literal["mimic-cxr", "iu-xray", "chexpert", "nih", "folder"] | None = None
+    count: int = Field(1000, gt=1, description="synthetic samples to evaluate")
+    real_count: int = Field(1000, gt=1, description="real studies to compare with")
+    augment: str | None = Field(None, description="an augmentation study's JSON result to include")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _layouts(self):
+        for role in ("real", "train"):
+            if (getattr(self, role) is None) != (getattr(self, f"{role}_layout") is None):
+                raise ValueError(f"{role} and {role}_layout go together")
+        return self
+
+
 def _set_dotted(data: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     for part in parents:

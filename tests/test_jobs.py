@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from factory.config import BenchConfig, ProduceConfig, TrainConfig, TranslateConfig, load_config
+from factory.config import BenchConfig, EvaluateConfig, ProduceConfig, TrainConfig, TranslateConfig, load_config
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
-MODELS = {"produce": ProduceConfig, "train": TrainConfig, "bench": BenchConfig, "translate": TranslateConfig}
+MODELS = {"produce": ProduceConfig, "train": TrainConfig, "bench": BenchConfig, "translate": TranslateConfig,
+          "evaluate": EvaluateConfig}
 
 
 CONFIGS = sorted(p.name for p in (JOBS / "configs").glob("*.yaml"))
