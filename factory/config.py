@@ -196,7 +196,8 @@ class TrainDataConfig(JobConfig):
 
 
 class TrainConfig(JobConfig):
-    """`medsynth train` / jobs/train.py: a recipe trained by Ray Train workers, one DeepSpeed engine per network."""
+    """`medsynth train` / jobs/train.py: a recipe trained by Ray Train workers, one DeepSpeed engine per
+    network (or one DistributedDataParallel network with engine: ddp)."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="run name; the same name resumes")
     storage_path: str = Field(description="where checkpoints and the data cache live (local path or s3://)")
@@ -208,6 +209,9 @@ class TrainConfig(JobConfig):
     workers: int = Field(2, gt=0)
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
+    engine: Literal["deepspeed", "ddp"] = Field(
+        "deepspeed", description="what wraps each network: a DeepSpeed engine, or torch DistributedDataParallel "
+                                 "with a torch optimiser (the plain baseline; fp32, no ZeRO)")
     zero_stage: Literal[0, 1, 2] = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_clip: float | None = Field(None, gt=0)
@@ -220,6 +224,14 @@ class TrainConfig(JobConfig):
     def _precision_on_gpu(self):
         if self.precision != "fp32" and not self.use_gpu:
             raise ValueError(f"precision {self.precision} needs use_gpu: true (on CPU DeepSpeed runs fp32)")
+        return self
+
+    @model_validator(mode="after")
+    def _ddp_is_plain(self):
+        if self.engine == "ddp" and self.zero_stage != 0:
+            raise ValueError(f"zero_stage {self.zero_stage} is DeepSpeed's; engine ddp needs zero_stage: 0")
+        if self.engine == "ddp" and self.precision != "fp32":
+            raise ValueError(f"engine ddp trains in fp32; precision {self.precision} needs engine: deepspeed")
         return self
 
 

@@ -2,12 +2,14 @@
 
 A recipe never calls an optimiser or `loss.backward()` itself: it calls `engine(...)` (forward),
 `engine.backward(loss)` and `engine.step()`. DeepSpeed's engine already has that shape (the runner
-wraps it to this protocol), so one recipe runs under plain torch, DDP and DeepSpeed ZeRO alike.
+wraps it to this protocol), so one recipe runs under plain torch (`TorchEngine`), torch's
+DistributedDataParallel (`DDPEngine`) and DeepSpeed ZeRO alike.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 import torch
@@ -63,6 +65,58 @@ class TorchEngine:
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+
+class DDPEngine(TorchEngine):
+    """One network under torch DistributedDataParallel with its own torch optimiser: the plain-DDP
+    baseline of the DeepSpeed engines (same protocol, same recipe, gradients averaged over ranks
+    during the backward, optional gradient-norm clipping before the step).
+
+    A network that is not being stepped (under no_grad, or every parameter frozen) runs as the plain
+    module, as the DeepSpeed engine does: it gets no gradients, so there is nothing to reduce, and
+    DDP's forward would only arm its reducer for gradients that never come. Several forwards before
+    one backward (EMIXER's F reads real reports, then writes fake ones) are fine: DDP's hooks sit on
+    the parameters' gradient accumulators, which fire once per backward with the sum over every use.
+    Buffers (batch-norm statistics, spectral-norm vectors) are not broadcast at each forward
+    (broadcast_buffers=False), as DeepSpeed does not: each rank keeps its own, and rank 0's are the
+    ones exported. Checkpoints hold the module's and the optimiser's state dicts, written by rank 0
+    (every rank holds the same after each step) and read with torch.load(weights_only=True).
+    """
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, clip: float | None = None):
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not torch.distributed.is_initialized():
+            raise RuntimeError("DDPEngine needs an initialised torch.distributed process group")
+        super().__init__(module, optimizer, clip)
+        device = next(module.parameters()).device
+        self.ddp = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
+                                           broadcast_buffers=False)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled() or not any(p.requires_grad for p in self.module.parameters()):
+            return self.module(*args, **kwargs)
+        return self.ddp(*args, **kwargs)
+
+    # backward, step, parameters and learning rates are TorchEngine's: DDP's hooks all-reduce (average)
+    # the gradients bucket by bucket during the plain loss.backward().
+
+    @staticmethod
+    def checkpoint_path(directory: str, tag: str) -> str:
+        return os.path.join(directory, f"{tag}.ddp.pt")
+
+    def save(self, directory: str, tag: str) -> None:
+        if torch.distributed.get_rank() == 0:
+            torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict()},
+                       self.checkpoint_path(directory, tag))
+
+    def load(self, directory: str, tag: str) -> None:
+        path = self.checkpoint_path(directory, tag)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{directory}: no DDP checkpoint for {tag} ({os.path.basename(path)})")
+        state = torch.load(path, map_location=next(self.module.parameters()).device, weights_only=True)
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 def set_param_group_lr(optimizer, lr: float) -> None:

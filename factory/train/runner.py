@@ -4,13 +4,16 @@ The driver decodes the training data parts the recipe asks for once into Zarr ca
 recipe's data info (e.g. a vocabulary), all under the run's storage path (factory.train.data); then
 a `TorchTrainer` starts N workers (gloo on CPU, nccl on GPU). Each worker reads the caches, asks the
 recipe for its networks, wraps each one in its own DeepSpeed engine (ZeRO stage, precision and
-clipping from the config), and before every step sets the engines' learning rates from the recipe's
+clipping from the config) or, with `engine: ddp`, in torch DistributedDataParallel with a torch
+optimiser (factory.train.engines.DDPEngine, the plain baseline), and before every step sets the engines' learning rates from the recipe's
 schedule, samples a batch of each part from its share and runs the recipe's step. Every
 `checkpoint_every` steps all engines save through `ray.train.Checkpoint` into the run's storage,
 with the recipe's own per-worker state (e.g. an image pool); a run started again under the same name
 resumes from the newest checkpoint and continues its step count, and failed workers are restarted
-(FailureConfig). At the end rank 0 writes a bundle. The runner knows no model by name: everything
-model-specific comes from the recipe (factory.train.recipes.Recipe).
+(FailureConfig). At the end rank 0 writes a bundle, and returns (Result.return_value) how the run
+went: the seconds each step took on rank 0 and every worker's peak memory (`run_stats`), which the
+training benchmarks read. The runner knows no model by name: everything model-specific comes from
+the recipe (factory.train.recipes.Recipe).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import tempfile
+import time
 from typing import Any
 
 import numpy as np
@@ -152,7 +157,45 @@ def deepspeed_config(config: TrainConfig) -> dict:
     return ds
 
 
-def _worker_loop(loop_config: dict) -> None:
+def make_engines(config: TrainConfig, recipe, nets: dict, device) -> dict:
+    """An engine per network, as the config says: DeepSpeed (its ZeRO stage, precision, clipping) or DDP."""
+    import torch
+
+    from factory.train.engines import DDPEngine
+
+    ds_config = deepspeed_config(config) if config.engine == "deepspeed" else None
+    engines = {}
+    for name, net in nets.items():
+        optimizer = torch.optim.Adam(net.to(device).parameters(), **recipe.optimizer_config(name))
+        if config.engine == "ddp":
+            engines[name] = DDPEngine(net, optimizer, clip=config.grad_clip)
+        else:
+            engines[name] = DeepSpeedEngine(net, optimizer, ds_config)
+    return engines
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """This process's peak resident memory (VmHWM, from getrusage) and, on a GPU, peak allocated CUDA memory."""
+    import torch
+
+    peak = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux reports KiB
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak["cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def run_stats(start: int, setup_s: float, step_seconds: list[float], step_cpu_s: float) -> dict[str, Any]:
+    """What rank 0 returns (JSON-able): the step it started from, seconds from entering the worker loop to
+    the first step (data, networks, engines, checkpoint), each step's seconds on rank 0, and by rank:
+    peak memory and the CPU seconds its process spent in steps. Collective: every rank sends its own."""
+    import torch.distributed as dist
+
+    workers = [None] * dist.get_world_size()
+    dist.all_gather_object(workers, {**peak_memory_mb(), "step_cpu_s": step_cpu_s})
+    return {"start_step": start, "setup_s": setup_s, "step_seconds": step_seconds, "workers": workers}
+
+
+def _worker_loop(loop_config: dict) -> dict[str, Any] | None:
     import ray.train
     import ray.train.torch
     import torch
@@ -160,6 +203,7 @@ def _worker_loop(loop_config: dict) -> None:
     from factory.train.engines import apply_learning_rates
     from factory.train.recipes import get_recipe
 
+    entered = time.perf_counter()
     config = TrainConfig.model_validate(loop_config["config"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -174,24 +218,26 @@ def _worker_loop(loop_config: dict) -> None:
     recipe = get_recipe(config.recipe)
     model_config = recipe.model_config(config.model, data)
     nets = recipe.build(model_config, seed=config.seed)  # same initial weights on every rank
-    ds_config = deepspeed_config(config)
-    engines = {}
-    for name, net in nets.items():
-        optimizer = torch.optim.Adam(net.to(device).parameters(), **recipe.optimizer_config(name))
-        engines[name] = DeepSpeedEngine(net, optimizer, ds_config)
+    engines = make_engines(config, recipe, nets, device)
 
     start = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
+            with open(os.path.join(directory, STATE_NAME)) as f:
+                state = json.load(f)
+            check_resumable(state, config)
             for name, engine in engines.items():
                 engine.load(directory, tag=name)
-            with open(os.path.join(directory, STATE_NAME)) as f:
-                start = json.load(f)["step"]
+            start = state["step"]
             _load_recipe_state(recipe, directory, rank)
     generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + rank * 7919 + start)
     metrics: dict[str, float] = {}
+    step_seconds: list[float] = []  # each step's wall time, checkpointing left out
+    step_cpu_s = 0.0  # this process's CPU time in those steps (all its threads)
+    setup_s = time.perf_counter() - entered
     for step in range(start, config.steps):
+        began, began_cpu = time.perf_counter(), time.process_time()
         rng = np.random.default_rng([config.seed, rank, step])
         indices = {name: np.sort(rng.choice(share, size=min(config.batch_size, len(share)), replace=False))
                    for name, share in shares.items()}
@@ -199,6 +245,8 @@ def _worker_loop(loop_config: dict) -> None:
         apply_learning_rates(engines, recipe.learning_rates(step, config.steps))
         metrics = recipe.train_step(engines, recipe.batch(data, indices), step, generator)
         metrics.update({f"lr_{name}": engine.lr for name, engine in engines.items()})
+        step_seconds.append(time.perf_counter() - began)
+        step_cpu_s += time.process_time() - began_cpu
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
             with tempfile.TemporaryDirectory() as directory:
@@ -211,9 +259,20 @@ def _worker_loop(loop_config: dict) -> None:
                                    "model_config": model_config}, f)
                 ray.train.report({"step": done, "resumed_from": start, **metrics},
                                  checkpoint=ray.train.Checkpoint.from_directory(directory))
+    stats = run_stats(start, setup_s, step_seconds, step_cpu_s)
     if rank == 0 and config.bundle_out:
         export(config, recipe, {n: e.module for n, e in engines.items()}, model_config, data,
                {"steps": config.steps, **metrics})
+    return stats if rank == 0 else None
+
+
+def check_resumable(state: dict, config: TrainConfig) -> None:
+    """A checkpoint's engine state is only readable by the engine that wrote it (DeepSpeed's layout vs
+    DDP's state dicts): say so instead of failing on a missing file."""
+    saved = state["config"].get("engine", "deepspeed")
+    if saved != config.engine:
+        raise ValueError(f"run {config.name!r} was checkpointed with engine {saved}; "
+                         f"resume it with engine: {saved}, or start a new run name")
 
 
 def _save_recipe_state(recipe, directory: str, rank: int) -> None:

@@ -1,0 +1,55 @@
+"""`medsynth bench train emixer` pieces that run without training: the CPU meter, the segment
+planner, macro F1 through the labeler, and the learning-curve PNG."""
+
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from factory.bench.learning_plot import plot_learning
+from factory.bench.train_emixer import CpuMeter, SegmentPlanner, macro_f1
+from factory.data.labels import CXR_LABELS
+
+
+def test_cpu_meter_counts_a_child_process_after_it_ends():
+    meter = CpuMeter(interval=0.05)
+    before = meter.seconds()
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    spent = meter.seconds() - before
+    meter.close()
+    assert 0.4 < spent < 5.0, spent  # the child's CPU (last seen before it ended), plus the interpreter's start
+
+
+def test_planner_shares_what_is_left_evenly_after_start_up():
+    planner = SegmentPlanner(budget_s=1000.0, segments=4, per_step_s=5.0, startup_s=50.0)
+    assert planner.next_steps(used_s=0.0, done_segments=0) == 40  # (1000 / 4 - 50) / 5
+    planner.observe(steps=40, segment_cpu_s=300.0, step_cpu_s=240.0)  # 6 CPU-s a step, 60 of start-up
+    assert planner.next_steps(used_s=300.0, done_segments=1) == int((700 / 3 - 60) / 6)
+    assert planner.next_steps(used_s=990.0, done_segments=3) == 0  # nothing left after start-up
+    assert planner.next_steps(used_s=0.0, done_segments=4) == 0
+
+
+def test_macro_f1_reads_reports_with_the_labeler():
+    labels = np.zeros((2, len(CXR_LABELS)), np.float32)
+    labels[0, CXR_LABELS.index("Cardiomegaly")] = 1
+    labels[1, CXR_LABELS.index("No Finding")] = 1
+    right = ["The heart is enlarged. No pleural effusion or pneumothorax.", "No acute cardiopulmonary process."]
+    assert macro_f1(right, labels) == 1.0
+    assert macro_f1(right[::-1], labels) == 0.0
+
+
+def test_learning_plot_writes_four_panels_and_samples(tmp_path):
+    points = [{"step": s, "train_cpu_minutes": m, "macro_auc": a, "fid": f, "bleu_1": b,
+               "labeler": {"agreement": g, "f1": g, "macro_f1": g / 2}}
+              for s, m, a, f, b, g in [(0, 0.0, 0.5, 400.0, 0.0, 0.17), (100, 10.0, 0.62, 90.0, 0.2, 0.2),
+                                       (300, 29.0, 0.7, 40.0, 0.4, 0.3)]]
+    result = {"points": points, "final": points[-1], "settings": {"size": 64, "workers": 2},
+              "cpu_minutes": {"training": 29.0},
+              "real": {"real_macro_auc": 0.88, "real_vs_real_fid": 8.0, "rewritten_reports": {"bleu_1": 0.53}},
+              "minimum": {"synthetic_macro_auc": {"target": 0.75}, "labeler_agreement": {"target": 0.7}}}
+    path = tmp_path / "curves.png"
+    plot_learning(result, np.zeros((16, 64, 64), np.uint8), str(path))
+    with Image.open(path) as image:
+        assert image.size[0] == 1040 and image.size[1] > 660
