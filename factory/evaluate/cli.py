@@ -2,6 +2,7 @@
 
   RUN_URL  measure a run against real data and write one self-contained HTML report:
            `medsynth evaluate RUN_URL --judge URL --out report.html [--real ROOT --real-layout L]`
+  augment  EMIXER's augmentation study: `medsynth evaluate augment RUN_URL --out DIR [--real ROOT --real-layout L]`
   judge    train the judge classifier on phantoms (or a dataset you own), print its held-out AUCs and
            write it as a bundle: `medsynth evaluate judge --out URL [--count N] [--size 64] [--epochs E]`
 
@@ -50,9 +51,55 @@ def _run_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_augment(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN_URL", help="the synthetic run whose samples are added")
+    parser.add_argument("--out", required=True, help="folder for augment.json, augment.md and augment.png")
+    parser.add_argument("--real", metavar="ROOT", help="real studies (default: chest X-ray phantoms)")
+    parser.add_argument("--real-layout", choices=CXR_LAYOUTS, help="layout of --real")
+    parser.add_argument("--phantom-count", type=int, default=3000, help="phantom studies when no --real (default 3000)")
+    parser.add_argument("--real-counts", default="200", help="R, comma-separated (default 200)")
+    parser.add_argument("--synthetic-counts", default="0,100,200,400", help="S, comma-separated (default 0,100,200,400)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated (default 0,1,2)")
+    parser.add_argument("--test-count", type=int, default=500, help="held-out real studies (default 500)")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64)
+
+
+def _run_augment(args: argparse.Namespace) -> int:
+    from factory.errors import BadInputError
+    from factory.evaluate.augment import augmentation_study, table_markdown, write_study
+
+    def integers(text: str, name: str) -> list[int]:
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError as err:
+            raise BadInputError("evaluate augment", f"{name}: {text!r} is not comma-separated integers") from err
+
+    if (args.real is None) != (args.real_layout is None):
+        raise BadInputError("evaluate augment", "--real and --real-layout go together")
+    if args.real:
+        from factory.data.adapters import open_dataset
+
+        real = open_dataset(args.real, args.real_layout, size=128)
+    else:
+        from factory.data.phantoms.dataset import PhantomCxrDataset
+
+        real = PhantomCxrDataset(args.phantom_count, size=max(args.size, 64), seed=2)
+    result = augmentation_study(real, args.run, real_counts=integers(args.real_counts, "--real-counts"),
+                                synthetic_counts=integers(args.synthetic_counts, "--synthetic-counts"),
+                                seeds=integers(args.seeds, "--seeds"), test_count=args.test_count,
+                                epochs=args.epochs, size=args.size)
+    urls = write_study(result, args.out)
+    print(table_markdown(result))
+    print(f"\n{urls['json']}\n{urls['plot']}  (include it in a run report with --augment {urls['json']})")
+    return 0
+
+
 # action -> (help, configure, run)
 ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "judge": ("train the judge classifier and write it as a bundle", _configure_judge, _run_judge),
+    "augment": ("augmentation study: a classifier on R real vs R real + S synthetic, tested on held-out real",
+                _configure_augment, _run_augment),
 }
 
 

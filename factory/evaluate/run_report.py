@@ -366,19 +366,17 @@ def jsonable(value: Any) -> Any:
 # --- the job ---------------------------------------------------------------------------------------
 
 def load_augmentation(url: str) -> dict[str, Any]:
-    """An augmentation study's JSON result as the report shows it: its table, and its plot when the
-    PNG named in the result (or beside it, same name) exists."""
+    """An augmentation study as the report shows it: `medsynth evaluate augment` writes augment.json,
+    augment.md (the table) and augment.png (the plot) into one folder; `url` names the JSON."""
     from factory import storage
 
-    result = json.loads(storage.read_bytes(url))
+    json.loads(storage.read_bytes(url))  # refuse anything that is not the study's JSON
+    stem = url.rsplit(".", 1)[0]
     section: dict[str, Any] = {}
-    plot = result.get("plot") or (url.rsplit(".", 1)[0] + ".png")
-    if storage.exists(plot):
-        section["plot_png"] = base64.b64encode(storage.read_bytes(plot)).decode()
-    rows = result.get("rows") or []
-    if rows:
-        header = list(rows[0])
-        section["table_html"] = _table([[row[h] for h in header] for row in rows], header)
+    if storage.exists(stem + ".png"):
+        section["plot_png"] = base64.b64encode(storage.read_bytes(stem + ".png")).decode()
+    if storage.exists(stem + ".md"):
+        section["table_html"] = f"<pre>{html.escape(storage.read_bytes(stem + '.md').decode())}</pre>"
     return section
 
 
