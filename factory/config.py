@@ -219,6 +219,8 @@ class TrainConfig(JobConfig):
     seed: int = Field(0, ge=0)
     max_failures: int = Field(2, ge=-1, description="worker-group restarts before the run fails (-1: no limit)")
     bundle_out: str | None = Field(None, description="export a bundle here at the end")
+    snapshot_every: int | None = Field(None, gt=0, description="also export a bundle every K steps, to "
+                                                               "STORAGE_PATH/NAME/snapshots/step-NNNNNN")
 
     @model_validator(mode="after")
     def _precision_on_gpu(self):
@@ -238,7 +240,7 @@ class TrainConfig(JobConfig):
 class BenchConfig(JobConfig):
     """jobs/bench.py: one benchmark of `medsynth bench` with its own options."""
 
-    benchmark: Literal["produce", "cxr-phantom", "brain-age"]
+    benchmark: Literal["produce", "cxr-phantom", "brain-age", "train", "duiit"]  # = factory.bench.cli.BENCHMARKS
     args: tuple[str, ...] = Field((), description="the benchmark's options, as on the command line")
 
     @field_validator("args", mode="before")

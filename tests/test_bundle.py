@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +118,18 @@ def test_bundle_init_writes_a_deterministic_untrained_bundle(tmp_path):
     assert bundle.model_config["vocab_size"] == len(bundle.vocabulary) > 100  # phantom report words
     assert "cardiomegaly" in bundle.vocabulary
     assert bundle.nets["G"](torch.zeros(1, 80), torch.zeros(1, 9)).shape == (1, 1, 32, 32)
+
+
+def test_bundle_init_judge_loads_as_a_judge(tmp_path):
+    from factory.evaluate.judge import Judge
+
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    assert cli.run(parser.parse_args(["init", "judge", "--out", str(tmp_path / "judge"), "--size", "32"])) == 0
+    judge = Judge.load(str(tmp_path / "judge"), device="cpu")
+    assert read_metadata(str(tmp_path / "judge"))["trained"] is False
+    features, probabilities = judge.evaluate(np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32))
+    assert features.shape == (3, judge.num_features) and probabilities.shape == (3, len(judge.label_names))
+    assert np.isfinite(probabilities).all()
+    with pytest.raises(BadInputError, match="--width"):
+        cli.run(parser.parse_args(["init", "judge", "--out", str(tmp_path / "wide"), "--width", "8"]))

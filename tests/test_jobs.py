@@ -38,3 +38,11 @@ def test_bad_setting_fails_in_one_line():
                              "--set", "workers=0"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith("train.yaml: workers: Input should be greater than 0")
+
+
+def test_bench_job_accepts_every_benchmark():
+    from typing import get_args
+
+    from factory.bench.cli import BENCHMARKS
+
+    assert set(get_args(BenchConfig.model_fields["benchmark"].annotation)) == set(BENCHMARKS)

@@ -3,7 +3,8 @@
 Untrained bundles (trained=false) let the production factory, its benchmarks and tests run at the
 real model size without a training run. Weights are a function of --seed. EMIXER's report
 vocabulary is built from phantom chest X-ray reports (the phantom's own report grammar, no images
-drawn); DUIIT has no vocabulary, its one label is age and --sources picks its source modalities.
+drawn); DUIIT has no vocabulary, its one label is age and --sources picks its source modalities. An untrained
+judge (the evaluation classifier; `medsynth evaluate judge` trains one) reads the chest X-ray labels.
 """
 
 from __future__ import annotations
@@ -61,7 +62,14 @@ def init_bundle(out: str, recipe: str, size: int = 64, width: int | None = None,
     from factory.models import registry
     from factory.models.bundle import write_bundle
 
-    shape = _duiit_shape(size, width, sources) if recipe == "duiit" else _emixer_shape(size, width, seed)
+    if recipe == "duiit":
+        shape = _duiit_shape(size, width, sources)
+    elif recipe == "judge":
+        if width is not None:
+            raise BadInputError("--width", "the judge is a torchvision ResNet of fixed widths; pick it by arch")
+        shape = _judge_shape(size)
+    else:
+        shape = _emixer_shape(size, width, seed)
     overrides, label_names, vocabulary, description = shape
     try:
         config = registry.make_config(recipe, overrides)
@@ -84,6 +92,12 @@ def _emixer_shape(size: int, width: int | None, seed: int) -> tuple[dict, list[s
         overrides.update(g_width=width, d_width=width, f_width=width)
     return (overrides, list(CXR_LABELS), vocabulary.to_json(),
             f"; vocabulary from {REPORT_COUNT} phantom chest X-ray reports")
+
+
+def _judge_shape(size: int) -> tuple[dict, list[str], None, str]:
+    from factory.data.labels import CXR_LABELS
+
+    return {"image_size": size, "num_labels": len(CXR_LABELS)}, list(CXR_LABELS), None, ""
 
 
 def _duiit_shape(size: int, width: int | None, sources: list[str] | None) -> tuple[dict, list[str], None, str]:
