@@ -38,8 +38,8 @@ def test_shapes_of_every_network(nets):
     logits, rotation = nets["D_image"](images, labels, torch.tensor([True, False, True]))
     assert logits.shape == (B,) and rotation.shape == (B, 4)
     reports = torch.randint(0, 20, (B, 3, 5))
-    stop, words = nets["F"](images, reports)
-    assert stop.shape == (B, 3) and words.shape == (B, 3, 5, 20)
+    stop, words, label_logits = nets["F"](images, reports)
+    assert stop.shape == (B, 3) and words.shape == (B, 3, 5, 20) and label_logits.shape == labels.shape
     onehot = nets["F"](images, mode="gumbel", generator=torch.Generator().manual_seed(1))
     assert onehot.shape == (B, 3, 5, 20) and onehot.requires_grad
     assert torch.equal(onehot.detach().sum(-1), torch.ones(B, 3, 5))

@@ -55,7 +55,7 @@ def test_train_steps_give_finite_losses_change_every_network_and_repeat_exactly(
         runs.append((metrics, _snapshot(nets)))
     metrics, after = runs[0]
     expected = {"d_image", "d_rotation", "d_report", "d_joint", "g_image", "g_rotation", "g_report", "g_joint",
-                "f_word_nll", "f_stop_nll", "f_report", "f_joint"}
+                "f_word_nll", "f_stop_nll", "f_label_bce", "f_report", "f_joint"}
     assert set(metrics[0]) == expected
     assert all(np.isfinite(v) for m in metrics for v in m.values())
     for name in nets:
@@ -76,9 +76,22 @@ def test_unlabelled_batch_leaves_the_class_terms_alone():
         after = _snapshot(nets)
         assert (not torch.equal(before["D_image"][projection], after["D_image"][projection])) is moves
         assert (not torch.equal(before["G"][class_embed], after["G"][class_embed])) is moves
+        assert (not torch.equal(before["F"]["label_head.weight"], after["F"]["label_head.weight"])) is moves
         # The unconditional head and the rotation head learn either way.
         for key in ("real_fake.parametrizations.weight.original", "rotation.parametrizations.weight.original"):
             assert not torch.equal(before["D_image"][key], after["D_image"][key])
+
+
+def test_label_consistency_term_is_off_by_default_and_moves_the_generator_when_on():
+    class_embed = "class_embed.parametrizations.weight.original"
+    ends = {}
+    for weight in (0.0, 5.0):
+        recipe, nets, engines = _setup(label_consistency_weight=weight)
+        metrics = recipe.train_step(engines, _batch([True] * B), 0, torch.Generator().manual_seed(0))
+        assert ("g_label_consistency" in metrics) is bool(weight)
+        ends[weight] = nets["G"].state_dict()[class_embed].clone()
+    assert np.isfinite(metrics["g_label_consistency"])
+    assert not torch.equal(ends[0.0], ends[5.0])  # same seeds: only the extra term differs
 
 
 def test_unknown_labels_may_be_nan_when_unlabelled():

@@ -8,7 +8,8 @@
   dimensions: the paper's 120 at its 128x128, 100 at 64x64.
 - D_image: BigGAN res-block-down trunk with a real/fake linear head, a projection term
   (label embedding . features, only for labelled samples) and a 4-way rotation head.
-- F: report generator. CNN image encoder (trained from scratch: no pretrained weights here) ->
+- F: report generator. CNN image encoder (trained from scratch: no pretrained weights here; a linear
+  label head on its features learns the labels, as the paper's encoder was trained to) ->
   sentence LSTM whose hidden state gives a STOP logit and, through three linear layers, a topic
   vector -> multi-layer word LSTM fed [topic, <bos>, words...] for every sentence in parallel.
 - D_report: LSTMs over the report's word embeddings: a word LSTM per sentence, then a sentence LSTM
@@ -64,6 +65,12 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "report_weight": 1.0,
     "joint_weight": 1.0,
     "mle_weight": 1.0,
+    # F's encoder also learns the labels (a linear head, BCE on labelled real images): the stand-in for
+    # the paper's encoder, a DenseNet pretrained as a chest X-ray classifier; 0 turns it off.
+    "encoder_label_weight": 1.0,
+    # Not in the paper: G is also asked that F's label head read the conditioning labels in its images
+    # (labelled fakes only), a direct label-consistency signal beside the projection term; 0 = the paper.
+    "label_consistency_weight": 0.0,
     "gumbel_temperature": 1.0,
 }
 
@@ -166,6 +173,7 @@ class ReportGenerator(nn.Module):
         self.max_sentences, self.max_words = config["max_sentences"], config["max_words"]
         self.encoder = ImageEncoder(config["image_size"], config["channels"], config["f_width"], spectral=False)
         self.feature = nn.Linear(self.encoder.out_channels, config["image_feature"])
+        self.label_head = nn.Linear(self.encoder.out_channels, config["num_labels"])
         self.sentence_lstm = nn.LSTMCell(config["image_feature"], hidden)
         self.stop = nn.Linear(hidden, 1)
         self.topic = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
@@ -177,20 +185,25 @@ class ReportGenerator(nn.Module):
     def forward(self, images: torch.Tensor, reports: torch.Tensor | None = None, *, mode: str = "teacher",
                 temperature: float = 1.0, generator: torch.Generator | None = None,
                 max_sentences: int | None = None, max_words: int | None = None):
-        """mode "teacher": given (B, S, W) reports, returns (stop logits (B, S), word logits (B, S, W, V)).
+        """mode "teacher": given (B, S, W) reports, returns (stop logits (B, S), word logits (B, S, W, V),
+        label logits (B, L) of the encoder's label head).
         mode "greedy" / "sample" (softmax at `temperature`): token ids (B, S, W).
+        mode "labels": the label head's logits (B, L) alone.
         mode "gumbel": straight-through Gumbel-softmax one-hot words (B, S, W, V) at `temperature`,
         differentiable with respect to F (and, through the image, G).
         Rows after the sentence decoder's STOP and words after <eos> are <pad> in every sampling mode."""
+        features = self.encoder(images)
+        if mode == "labels":
+            return self.label_head(features)
         sentences = reports.shape[1] if reports is not None else (max_sentences or self.max_sentences)
-        topics, stop_logits = self._sentences(images, sentences)
+        topics, stop_logits = self._sentences(features, sentences)
         b, s, e = topics.shape
         if mode == "teacher":
             words = reports.reshape(b * s, -1)
             bos = self.word_embed.weight[Vocabulary.bos_id].expand(b * s, 1, e)
             inputs = torch.cat([topics.reshape(b * s, 1, e), bos, self.word_embed(words[:, :-1])], dim=1)
             out, _ = self.word_lstm(inputs)
-            return stop_logits, self.word_out(out[:, 1:]).view(b, s, words.shape[1], -1)
+            return stop_logits, self.word_out(out[:, 1:]).view(b, s, words.shape[1], -1), self.label_head(features)
         if mode not in ("greedy", "sample", "gumbel"):
             raise ValueError(f"unknown report mode {mode!r}")
         if mode != "greedy" and generator is None:
@@ -205,8 +218,8 @@ class ReportGenerator(nn.Module):
         tokens = tokens.view(b, s, *tokens.shape[1:])
         return _mask_to_pad(tokens, exists[:, :, None])
 
-    def _sentences(self, images: torch.Tensor, sentences: int) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self.feature(self.encoder(images))
+    def _sentences(self, features: torch.Tensor, sentences: int) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self.feature(features)
         state, hidden = None, []
         for _ in range(sentences):
             state = self.sentence_lstm(v, state)

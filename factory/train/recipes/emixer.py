@@ -8,11 +8,16 @@ One `train_step` call takes a batch of B real studies and does:
    images with another study's report, so it also learns whether a report fits its image).
 2. one G step on B fakes: hinge generator losses from D_image (projection included), D_report and
    D_joint, plus the rotation loss on rotated fakes (weight `rotation_weight_g`, the paper's alpha,
-   as in self-supervised GANs).
+   as in self-supervised GANs); with `label_consistency_weight` > 0 (not in the paper, off by default)
+   also the binary cross-entropy of F's label head on the labelled fakes against their conditioning labels.
 3. one F step: teacher-forced maximum likelihood on the real pairs (word cross-entropy and the
    sentence decoder's STOP cross-entropy) plus the same report and joint adversarial losses on
-   reports of the (detached) fakes. The paper's F starts from a pretrained encoder; here nothing is
-   pretrained, so the likelihood term is what teaches F to write reports at all.
+   reports of the (detached) fakes, plus `encoder_label_weight` x the binary cross-entropy of F's
+   label head on the labelled real images. The paper's F encoder is a DenseNet pretrained as a chest
+   X-ray classifier; nothing is pretrained here, so the label head teaches F's encoder the same
+   task while it trains (without it F learns to read findings only through the few finding words of
+   the likelihood term, and at a few hundred steps writes the same "normal" report for every image),
+   and the likelihood term is what teaches F to write reports at all.
 Each backward runs inside `frozen(...)` of every engine it does not step (DeepSpeed ZeRO-2 needs it).
 
 Hinge loss is used for all three discriminators (as in SAGAN/BigGAN, on which EMIXER's image
@@ -83,6 +88,14 @@ def report_nll(stop_logits: torch.Tensor, word_logits: torch.Tensor, reports: to
                             reduction="sum") / (reports != pad).sum().clamp(min=1)
     stops = F.binary_cross_entropy_with_logits(stop_logits.float(), (reports[:, :, 0] == pad).float())
     return words, stops
+
+
+def encoder_label_loss(logits: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of F's label head on the labelled real images (0 when none is labelled,
+    with a graph, so every rank runs the same backward)."""
+    targets = torch.nan_to_num(labels.float(), nan=0.0)  # unlabelled rows may hold NaN; they weigh 0
+    per_sample = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none").mean(dim=1)
+    return torch.where(labelled, per_sample, torch.zeros_like(per_sample)).sum() / labelled.sum().clamp(min=1)
 
 
 class EmixerRecipe:
@@ -239,6 +252,7 @@ class EmixerRecipe:
         tau = config["gumbel_temperature"]
 
         turns = self._quarter_turns(n, generator, images.device)
+        extra: dict[str, torch.Tensor] = {}
         with frozen(F_, D_image, D_report, D_joint):
             fake, fake_labels, fake_labelled = self._fakes(engines, labels, labelled, n, generator)
             logits, rotation = D_image(torch.cat([fake, rotate(fake, turns)]),
@@ -249,23 +263,30 @@ class EmixerRecipe:
             words = F_(fake, mode="gumbel", temperature=tau, generator=generator)
             report_loss = -D_report(words).mean()
             joint_loss = -D_joint(fake, words).mean()
-            G.backward(image_loss + config["rotation_weight_g"] * rotation_loss
-                       + config["report_weight"] * report_loss + config["joint_weight"] * joint_loss)
+            loss = (image_loss + config["rotation_weight_g"] * rotation_loss
+                    + config["report_weight"] * report_loss + config["joint_weight"] * joint_loss)
+            if config["label_consistency_weight"]:
+                consistency = encoder_label_loss(F_(fake, mode="labels"), fake_labels, fake_labelled)
+                loss = loss + config["label_consistency_weight"] * consistency
+                extra["g_label_consistency"] = consistency.detach()
+            G.backward(loss)
         G.step()
 
         fake = fake.detach()
         with frozen(G, D_image, D_report, D_joint):
-            word_nll, stop_nll = report_nll(*F_(images, reports), reports)
+            stop_logits, word_logits, label_logits = F_(images, reports)
+            word_nll, stop_nll = report_nll(stop_logits, word_logits, reports)
+            label_bce = encoder_label_loss(label_logits, labels, labelled)
             words = F_(fake, mode="gumbel", temperature=tau, generator=generator)
             f_report = -D_report(words).mean()
             f_joint = -D_joint(fake, words).mean()
-            F_.backward(config["mle_weight"] * (word_nll + stop_nll)
+            F_.backward(config["mle_weight"] * (word_nll + stop_nll) + config["encoder_label_weight"] * label_bce
                         + config["report_weight"] * f_report + config["joint_weight"] * f_joint)
         F_.step()
         return {"g_image": image_loss.detach(), "g_rotation": rotation_loss.detach(),
                 "g_report": report_loss.detach(), "g_joint": joint_loss.detach(),
-                "f_word_nll": word_nll.detach(), "f_stop_nll": stop_nll.detach(),
-                "f_report": f_report.detach(), "f_joint": f_joint.detach()}
+                "f_word_nll": word_nll.detach(), "f_stop_nll": stop_nll.detach(), "f_label_bce": label_bce.detach(),
+                "f_report": f_report.detach(), "f_joint": f_joint.detach(), **extra}
 
 
 def make_batch(images: torch.Tensor, labels: torch.Tensor, reports: Sequence[str], indices: Iterable[int],
