@@ -1,5 +1,6 @@
 """`medsynth bench train emixer` pieces that run without training: the CPU meter, the segment
-planner, macro F1 through the labeler, and the learning-curve PNG."""
+planner, the segment's bundles, macro F1 through the labeler, the reader's ceiling, and the
+learning-curve PNG."""
 
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from factory.bench.learning_plot import plot_learning
-from factory.bench.train_emixer import CpuMeter, SegmentPlanner, macro_f1
+from factory.bench.train_emixer import CpuMeter, SegmentPlanner, macro_f1, reading_scores, segment_bundles
 from factory.data.labels import CXR_LABELS
 
 
@@ -53,3 +54,18 @@ def test_learning_plot_writes_four_panels_and_samples(tmp_path):
     plot_learning(result, np.zeros((16, 64, 64), np.uint8), str(path))
     with Image.open(path) as image:
         assert image.size[0] == 1040 and image.size[1] > 660
+
+
+def test_segment_bundles_are_its_snapshots_in_order_then_its_end(tmp_path):
+    snapshots = tmp_path / "snapshots"
+    for step in (3, 6, 9, 12):
+        (snapshots / f"step-{step:06d}").mkdir(parents=True)
+    found = segment_bundles(str(snapshots), after=3, end=12, end_bundle="END")
+    assert found == [(6, str(snapshots / "step-000006")), (9, str(snapshots / "step-000009")), (12, "END")]
+    assert segment_bundles(str(tmp_path / "none"), after=0, end=5, end_bundle="END") == [(5, "END")]
+
+
+def test_reading_scores_threshold_and_exact_match():
+    labels = np.array([[1, 0, np.nan], [0, 1, 0]], np.float32)
+    probabilities = np.array([[0.9, 0.2, 0.1], [0.6, 0.7, 0.1]], np.float32)
+    assert reading_scores(probabilities, labels) == {"agreement": 0.5, "accuracy": 5 / 6}

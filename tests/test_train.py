@@ -41,9 +41,12 @@ def run_train(config_path, *overrides, timeout=300):
 def test_two_workers_train_checkpoint_resume_and_export(tmp_path):
     config_path = tmp_path / "train.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path)))
-    first = run_train(config_path)
+    first = run_train(config_path, "--set", "snapshot_every=3")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "run tiny: step 4 of 4 (resumed from step 0)" in first.stdout
+    snapshots = tmp_path / "runs" / "tiny" / "snapshots"
+    assert sorted(p.name for p in snapshots.iterdir()) == ["step-000003"]
+    assert load_bundle(str(snapshots / "step-000003")).metadata["metrics"]["steps"] == 3
     run_dir = tmp_path / "runs" / "tiny"
     assert len([p for p in run_dir.glob("checkpoint_*") if p.is_dir()]) == 2  # steps 2 and 4 (num_to_keep=2)
     lines = first.stdout.splitlines()

@@ -129,6 +129,8 @@ def plot_learning(result: dict[str, Any], images: np.ndarray | None, path: str) 
     lab.series(xs, [p["labeler"]["f1"] for p in points], COLOURS["f1"], "micro F1, present findings")
     lab.series(xs, [p["labeler"]["macro_f1"] for p in points], COLOURS["macro_f1"], "macro F1 over findings")
     lab.level(result["minimum"]["labeler_agreement"]["target"], COLOURS["target"], "minimum (exact match)", dotted=True)
+    if "judge_reading_real_images" in real:
+        lab.level(real["judge_reading_real_images"]["agreement"], COLOURS["real"], "judge reading real images (exact)")
 
     bleu = Panel(draw, (PANEL_W, 40 + PANEL_H), "BLEU-1 of generated vs real reports", x_max, (0.0, 1.0))
     bleu.series(xs, [p["bleu_1"] for p in points], COLOURS["synthetic"], "generated")

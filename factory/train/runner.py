@@ -259,9 +259,12 @@ def _worker_loop(loop_config: dict) -> dict[str, Any] | None:
                                    "model_config": model_config}, f)
                 ray.train.report({"step": done, "resumed_from": start, **metrics},
                                  checkpoint=ray.train.Checkpoint.from_directory(directory))
+        if rank == 0 and config.snapshot_every and done % config.snapshot_every == 0:
+            export(snapshot_url(config, done), config, recipe, {n: e.module for n, e in engines.items()},
+                   model_config, data, {"steps": done, **metrics})
     stats = run_stats(start, setup_s, step_seconds, step_cpu_s)
     if rank == 0 and config.bundle_out:
-        export(config, recipe, {n: e.module for n, e in engines.items()}, model_config, data,
+        export(config.bundle_out, config, recipe, {n: e.module for n, e in engines.items()}, model_config, data,
                {"steps": config.steps, **metrics})
     return stats if rank == 0 else None
 
@@ -295,14 +298,20 @@ def _load_recipe_state(recipe, directory: str, rank: int) -> None:
         log.warning("checkpoint has no recipe state for rank %d; starting it afresh", rank)
 
 
-def export(config: TrainConfig, recipe, nets, model_config: dict, data: TrainingData, metrics: dict) -> dict:
-    """Write the trained networks as a bundle (safetensors + validated metadata + sha256)."""
+def snapshot_url(config: TrainConfig, step: int) -> str:
+    """Where `snapshot_every` puts the bundle of `step`: inside the run's folder."""
+    return storage.join(config.storage_path, config.name, "snapshots", f"step-{step:06d}")
+
+
+def export(url: str, config: TrainConfig, recipe, nets, model_config: dict, data: TrainingData,
+           metrics: dict) -> dict:
+    """Write the trained networks as a bundle (safetensors + validated metadata + sha256) at `url`."""
     from factory.models.bundle import write_bundle
 
     described = recipe.export_metadata(data)
     training_data = {"fingerprint": fingerprint(data), "count": sum(len(p) for p in data.parts.values()),
                      "description": config.data.model_dump_json(), **described.get("training_data", {})}
     return write_bundle(
-        config.bundle_out, recipe.name, nets, model_config, list(described["label_names"]),
+        url, recipe.name, nets, model_config, list(described["label_names"]),
         described.get("vocabulary"), training_data=training_data,
         metrics={k: float(v) for k, v in metrics.items()}, trained=True)
