@@ -7,6 +7,11 @@ with glibc's default malloc and with the factory's actor settings; encoding alon
 2 actors into a local folder and into S3. Writes JSON (with the machine's description) and prints
 a table. With no --bundle, an untrained EMIXER bundle of the requested size is made first: it has
 the shape and cost of a trained one.
+
+The generator-alone, pool and Ray Data measurements run in `--rounds` interleaved rounds and every
+ratio is the median of its per-round values: on a shared host the speed of a core drifts by 10-25 %
+over minutes, more than the effects measured, so a ratio of two measurements taken minutes apart
+says little.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import sys
 import tempfile
 import time
 from typing import Any
+
+import numpy as np
 
 from factory.produce.pool import ACTOR_ENV
 
@@ -265,6 +272,29 @@ def _write(path: str, results: dict[str, Any]) -> None:
         json.dump(results, f, indent=1)
 
 
+def median_stage(measurements: list[dict[str, float]]) -> dict[str, Any]:
+    """Each number's median over rounds, and how many rounds."""
+    return {key: float(np.median([m[key] for m in measurements])) for key in measurements[0]
+            if isinstance(measurements[0][key], (int, float))} | {"rounds": len(measurements)}
+
+
+def round_ratios(one: dict[str, dict[str, float]], stages: dict[str, dict[str, float]]) -> dict[str, float]:
+    """One round's ratios (generator alone and pool measured next to each other); the one-off stages
+    (default malloc, naive loop) come from `stages`."""
+    g1 = one["generator alone, 1 process, actor malloc"]["samples_per_s"]
+    g2 = one["generator alone, 2 processes, actor malloc"]["samples_per_s"]
+    p1, p2 = one["factory pool, 1 actor, local"], one["factory pool, 2 actors, local"]
+    return {
+        "malloc: actor settings / default (generator)": g1 / stages["generator alone, 1 process, default malloc"]["samples_per_s"],
+        "pool 1 actor / generator alone (1 process), steady": p1["steady_samples_per_s"] / g1,
+        "pool 2 actors / generator alone (2 processes), steady": p2["steady_samples_per_s"] / g2,
+        "pool 2 actors / pool 1 actor, steady": p2["steady_samples_per_s"] / p1["steady_samples_per_s"],
+        "pool 2 actors / pool 1 actor, end to end": p2["samples_per_s"] / p1["samples_per_s"],
+        "pool 2 actors / ray data, end to end": p2["samples_per_s"] / one["ray data map_batches + write_webdataset"]["samples_per_s"],
+        "pool 2 actors / naive loop, end to end": p2["samples_per_s"] / stages["naive loop (1 process)"]["samples_per_s"],
+    }
+
+
 def table(results: dict[str, Any]) -> str:
     nan = float("nan")
     lines = [f"{'stage':<44} {'samples/s':>10} {'steady/s':>9} {'MB/s':>8}"]
@@ -295,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of the stages: one production run of N samples with 2 actors into the local "
                              "S3 endpoint (or --full-run-out), reporting wall time and peak memory")
     parser.add_argument("--full-run-out", default=None, help="output URL of --full-run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of generator-alone and pool measurements (ratios: medians over rounds)")
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = "docs/bench/produce-run.json" if args.full_run else "docs/bench/produce.json"
@@ -326,36 +358,37 @@ def main(argv: list[str] | None = None) -> int:
     stages: dict[str, Any] = {}
     print(f"bench produce: {args.count} samples per stage, bundle {bundle}", file=sys.stderr)
     stages["generator alone, 1 process, default malloc"] = generator_alone(bundle, args.count, args.batch, 1, False)
-    stages["generator alone, 1 process, actor malloc"] = generator_alone(bundle, args.count, args.batch, 1, True)
-    stages["generator alone, 2 processes, actor malloc"] = generator_alone(bundle, args.count, args.batch, 2, True)
     stages.update({f"{k.replace('_', ' ')} alone": v
                    for k, v in encode_and_write(bundle, args.count, args.batch, s3_root, scratch).items()})
     stages["naive loop (1 process)"] = naive_loop(bundle, args.count, args.batch, os.path.join(scratch, "naive"))
     ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     shard = max(args.count // 8, 1)
-    stages["factory pool, 1 actor, local"] = pool(bundle, args.count, args.batch, os.path.join(scratch, "p1"), 1, shard)
-    stages["factory pool, 2 actors, local"] = pool(bundle, args.count, args.batch, os.path.join(scratch, "p2"), 2, shard)
-    if s3_root:
-        stages["factory pool, 2 actors, S3 endpoint"] = pool(bundle, args.count, args.batch, f"{s3_root}/p2", 2, shard)
-    stages["ray data map_batches + write_webdataset"] = ray_data(bundle, args.count, args.batch,
-                                                                 os.path.join(scratch, "raydata"), 2)
+    # This machine's speed drifts by 10-25 % over minutes (shared host): each ratio compares
+    # measurements taken next to each other, round after round, and the medians are reported.
+    rounds = []
+    for r in range(args.rounds):
+        print(f"round {r + 1} of {args.rounds}", file=sys.stderr)
+        one = {"generator alone, 1 process, actor malloc": generator_alone(bundle, args.count, args.batch, 1, True),
+               "factory pool, 1 actor, local": pool(bundle, args.count, args.batch,
+                                                    os.path.join(scratch, f"p1-{r}"), 1, shard),
+               "generator alone, 2 processes, actor malloc": generator_alone(bundle, args.count, args.batch, 2, True),
+               "factory pool, 2 actors, local": pool(bundle, args.count, args.batch,
+                                                     os.path.join(scratch, f"p2-{r}"), 2, shard)}
+        if s3_root:
+            one["factory pool, 2 actors, S3 endpoint"] = pool(bundle, args.count, args.batch, f"{s3_root}/p2-{r}", 2, shard)
+        one["ray data map_batches + write_webdataset"] = ray_data(bundle, args.count, args.batch,
+                                                                  os.path.join(scratch, f"raydata-{r}"), 2)
+        rounds.append(one)
+    for name in rounds[0]:
+        stages[name] = median_stage([one[name] for one in rounds])
     ray.shutdown()
     if server:
         server.terminate()
-    g1 = stages["generator alone, 1 process, actor malloc"]["samples_per_s"]
-    g2 = stages["generator alone, 2 processes, actor malloc"]["samples_per_s"]
-    p1, p2 = stages["factory pool, 1 actor, local"], stages["factory pool, 2 actors, local"]
-    ratios = {
-        "malloc: actor settings / default (generator)": g1 / stages["generator alone, 1 process, default malloc"]["samples_per_s"],
-        "pool 1 actor / generator alone (1 process), steady": p1["steady_samples_per_s"] / g1,
-        "pool 2 actors / generator alone (2 processes), steady": p2["steady_samples_per_s"] / g2,
-        "pool 2 actors / pool 1 actor, steady": p2["steady_samples_per_s"] / p1["steady_samples_per_s"],
-        "pool 2 actors / pool 1 actor, end to end": p2["samples_per_s"] / p1["samples_per_s"],
-        "pool 2 actors / ray data, end to end": p2["samples_per_s"] / stages["ray data map_batches + write_webdataset"]["samples_per_s"],
-        "pool 2 actors / naive loop, end to end": p2["samples_per_s"] / stages["naive loop (1 process)"]["samples_per_s"],
-    }
+    per_round = [round_ratios(one, stages) for one in rounds]
+    ratios = {name: float(np.median([ratio[name] for ratio in per_round])) for name in per_round[0]}
     results = {"benchmark": "produce", "machine": machine(), "settings": vars(args) | {"bundle": bundle},
-               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": stages, "ratios": ratios}
+               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": stages, "ratios": ratios,
+               "ratios_per_round": per_round, "rounds": rounds}
     _write(args.out, results)
     print(table(results))
     print(f"\nwritten to {args.out}")
