@@ -4,10 +4,11 @@ Learning (default): EMIXER trains through the runner (Ray Train, 2 workers, Deep
 chest X-rays within a CPU budget (`--minutes`, CPU-minutes of the whole process tree: driver, Ray's
 own processes and the workers), in `--segments` (2) training runs: each resumes the run by name,
 trains to its step target, exporting snapshot bundles along the way (the runner's `snapshot_every`)
-and a bundle at its end, which the driver then evaluates while the workers are gone. The segments
-share the budget evenly; their step counts come from the CPU each earlier segment spent per step and
-on start-up (Ray workers, DeepSpeed, checkpoint; about a minute of CPU each, so few segments), so
-the run ends inside the budget (or the wall-clock cap, `--wall-minutes`, on a shared machine).
+and a bundle at its end, which the driver then evaluates while the workers are gone. The first
+segment is short (`--first-steps`: its size rests on a prior cost per step), the later ones share
+what is left evenly, their step counts from the CPU each earlier segment spent per step and on
+start-up (Ray workers, DeepSpeed, checkpoint; about a minute of CPU each, so few segments), so the
+run ends inside the budget (or the wall-clock cap, `--wall-minutes`, on a shared machine).
 
 Every evaluation point (the untrained networks at step 0, then `--points` bundles) conditions
 the generator on the label vectors of held-out real phantoms (same phantom seed as the training
@@ -555,7 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segments", type=int, default=2,
                         help="training runs the budget is split into (each costs a Ray start-up; the first one's "
                              "cost per step sizes the next)")
-    parser.add_argument("--first-steps", type=int, default=0, help="cap the first segment's steps (0: no cap)")
+    parser.add_argument("--first-steps", type=int, default=40,
+                        help="cap the first segment's steps (0: no cap): it is sized on a prior cost per step, "
+                             "the later ones on the measured cost")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--count", type=int, default=5000, help="training phantoms")
     parser.add_argument("--batch", type=int, default=16, help="micro-batch per worker")
