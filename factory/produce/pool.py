@@ -13,6 +13,8 @@ import collections
 import contextlib
 import logging
 import os
+import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
@@ -88,6 +90,23 @@ def connect_ray():
 
 
 @contextlib.contextmanager
+def interrupt_flag() -> Iterator[threading.Event]:
+    """Ctrl-C (SIGINT) sets a flag that the driver loop checks, instead of raising wherever it lands:
+    a KeyboardInterrupt raised while Ray runs a Cython callback on the main thread is printed as
+    "Exception ignored" and lost (ray-project/ray#7734), and the run then simply went on to the end.
+    Off the main thread (where handlers cannot be set) the flag is never set."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def reraise_user_error(ray):
     """A FactoryError raised in an actor or task reaches the caller as itself (one line naming the
     file and the problem), not wrapped in Ray's remote traceback."""
@@ -147,6 +166,8 @@ def produce(
     bar = tqdm(total=spec.requested, desc=f"produce {spec.run_id}", unit="sample", disable=not progress,
                smoothing=0.1)
     bar.update(sum(len(spec.slots(i)) for i in records))
+    stack = contextlib.ExitStack()
+    interrupted = stack.enter_context(interrupt_flag())
     try:
         def dispatch(actor):
             # Two shards per actor in flight, so an actor never waits for the driver between shards.
@@ -157,7 +178,11 @@ def produce(
         for actor in pool:
             dispatch(actor)
         while in_flight:
-            done, _ = ray.wait(list(in_flight), num_returns=1)
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+            if not done:
+                continue
             actor, shard_index = in_flight.pop(done[0])
             try:
                 with reraise_user_error(ray):
@@ -185,6 +210,7 @@ def produce(
                 on_commit(shard_index, record)
             dispatch(actor)
     finally:
+        stack.close()
         bar.close()
         for actor in pool:
             ray.kill(actor)
