@@ -58,8 +58,23 @@ def test_image_size_sets_up_blocks_and_z():
     assert nets["D_image"](torch.zeros(2, 1, 64, 64))[0].shape == (2,)
 
 
+def test_resnet_report_encoder_reads_labels_and_writes_reports():
+    torch.manual_seed(0)
+    f = build_networks(make_config(TINY, f_encoder="resnet10"))["F"]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in f.encoder.modules()) > 0
+    images = torch.rand(B, 1, 32, 32) * 2 - 1
+    reports = torch.randint(0, 20, (B, 3, 5))
+    stop, words, labels = f(images, reports)
+    assert stop.shape == (B, 3) and words.shape == (B, 3, 5, 20) and labels.shape == (B, 9)
+    tokens, read = f(images, mode="greedy", with_labels=True)
+    assert tokens.shape == (B, 3, 5) and torch.equal(read, f(images, mode="labels"))
+    # Its parameters get gradients from the label head like the BigGAN trunk's do.
+    torch.nn.functional.binary_cross_entropy_with_logits(f(images, mode="labels"), torch.ones(B, 9)).backward()
+    assert f.encoder.net.conv1.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("bad", [{"image_size": 48}, {"image_size": 8}, {"nonsense": 1}, {"label_fraction": 1.5},
-                                 {"lr": {"G": 1e-4}}, {"g_width": 0}])
+                                 {"lr": {"G": 1e-4}}, {"g_width": 0}, {"f_encoder": "densenet"}])
 def test_bad_config_is_refused(bad):
     with pytest.raises(ValueError):
         make_config(TINY, **bad)

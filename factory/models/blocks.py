@@ -134,3 +134,23 @@ def embed_tokens(weight: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     if tokens.dtype == torch.long:
         return F.embedding(tokens, weight)
     return tokens @ weight
+
+
+class ResNetEncoder(nn.Module):
+    """A torchvision ResNet (basic blocks, batch norm, no pretrained weights) from (B, C, S, S) images
+    to its (B, 512) pooled features: a classifier backbone, as the paper's report encoder is.
+    `blocks` per stage: (2, 2, 2, 2) is ResNet-18, (1, 1, 1, 1) a half-cost ResNet-10."""
+
+    def __init__(self, in_channels: int, blocks: tuple[int, int, int, int] = (2, 2, 2, 2)):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock, ResNet
+
+        net = ResNet(BasicBlock, list(blocks))
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.fc = nn.Identity()
+        self.net = net
+        self.out_channels = 512
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

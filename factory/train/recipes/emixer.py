@@ -260,13 +260,13 @@ class EmixerRecipe:
                                        torch.cat([fake_labelled, torch.zeros_like(fake_labelled)]))
             image_loss = -logits[:n].mean()
             rotation_loss = F.cross_entropy(rotation[n:].float(), turns)
-            words = F_(fake, mode="gumbel", temperature=tau, generator=generator)
+            words, read_labels = F_(fake, mode="gumbel", temperature=tau, generator=generator, with_labels=True)
             report_loss = -D_report(words).mean()
             joint_loss = -D_joint(fake, words).mean()
             loss = (image_loss + config["rotation_weight_g"] * rotation_loss
                     + config["report_weight"] * report_loss + config["joint_weight"] * joint_loss)
             if config["label_consistency_weight"]:
-                consistency = encoder_label_loss(F_(fake, mode="labels"), fake_labels, fake_labelled)
+                consistency = encoder_label_loss(read_labels, fake_labels, fake_labelled)
                 loss = loss + config["label_consistency_weight"] * consistency
                 extra["g_label_consistency"] = consistency.detach()
             G.backward(loss)
