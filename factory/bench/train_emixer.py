@@ -57,9 +57,15 @@ from factory.data.labels import CXR_LABELS
 # that probe also changed Adam's β1, so how much is the learning rate's is not known); the report
 # and joint adversarial terms at 0.1 (at 1.0 their straight-through gradients drowned F's likelihood
 # term early on: word NLL 3.2 vs 1.8 after 200 steps in probes, and "no. no. no." reports).
+# F's encoder is a ResNet-10 with batch norm, and G is also asked that F's label head read its
+# conditioning labels (label_consistency_weight, not in the paper). Why: trained alone as a
+# classifier for 200 steps of 32 phantoms, the BigGAN trunk the discriminators use reaches macro-AUC
+# 0.58-0.64, a ResNet-18 0.82, so the projection term cannot teach G findings faster than that.
+# Probe at 8 CPU-minutes, one process: judge macro-AUC of G's images 0.579 (55 steps) with these two
+# changes vs 0.525 (64 steps) without, run side by side.
 BENCH_MODEL: dict[str, Any] = {
-    "g_width": 16, "d_width": 16, "f_width": 8, "hidden": 128, "word_layers": 2, "max_words": 20,
-    "report_weight": 0.1, "joint_weight": 0.1,
+    "g_width": 16, "d_width": 16, "f_encoder": "resnet10", "hidden": 128, "word_layers": 2, "max_words": 20,
+    "report_weight": 0.1, "joint_weight": 0.1, "label_consistency_weight": 1.0,
     "lr": {"G": 2e-4, "F": 2e-3, "D_image": 2e-4, "D_report": 2e-4, "D_joint": 2e-4},
 }
 RUN_NAME = "emixer-bench"
