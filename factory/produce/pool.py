@@ -166,54 +166,52 @@ def produce(
     bar = tqdm(total=spec.requested, desc=f"produce {spec.run_id}", unit="sample", disable=not progress,
                smoothing=0.1)
     bar.update(sum(len(spec.slots(i)) for i in records))
-    stack = contextlib.ExitStack()
-    interrupted = stack.enter_context(interrupt_flag())
-    try:
-        def dispatch(actor):
-            # Two shards per actor in flight, so an actor never waits for the driver between shards.
-            while queue and sum(1 for a, _ in in_flight.values() if a is actor) < 2:
-                shard_index = queue.popleft()
-                in_flight[actor.write.remote(shard_index)] = (actor, shard_index)
+    with interrupt_flag() as interrupted:
+        try:
+            def dispatch(actor):
+                # Two shards per actor in flight, so an actor never waits for the driver between shards.
+                while queue and sum(1 for a, _ in in_flight.values() if a is actor) < 2:
+                    shard_index = queue.popleft()
+                    in_flight[actor.write.remote(shard_index)] = (actor, shard_index)
 
-        for actor in pool:
-            dispatch(actor)
-        while in_flight:
-            if interrupted.is_set():
-                raise KeyboardInterrupt
-            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
-            if not done:
-                continue
-            actor, shard_index = in_flight.pop(done[0])
-            try:
-                with reraise_user_error(ray):
-                    record = ray.get(done[0])
-            except ray.exceptions.RayActorError as err:
-                if getattr(err, "actor_init_failed", False):  # a bad bundle or spec: replacing cannot help
-                    raise FactoryError(f"run {spec.run_id}: production actor failed to start: {err}") from err
-                replacements += 1
-                if replacements > MAX_ACTOR_REPLACEMENTS:
-                    raise FactoryError(f"run {spec.run_id}: actors keep dying ({err})") from err
-                log.warning("actor for shard %d died; the shard goes back to the queue", shard_index)
-                queue.appendleft(shard_index)
-                for future, (other, index) in list(in_flight.items()):
-                    if other is actor:  # its other shard is lost with it
-                        del in_flight[future]
-                        queue.appendleft(index)
-                pool.remove(actor)
-                actor = new_actor()
-                pool.append(actor)
+            for actor in pool:
                 dispatch(actor)
-                continue
-            records[shard_index] = record
-            bar.update(len(spec.slots(shard_index)))
-            if on_commit:
-                on_commit(shard_index, record)
-            dispatch(actor)
-    finally:
-        stack.close()
-        bar.close()
-        for actor in pool:
-            ray.kill(actor)
+            while in_flight:
+                if interrupted.is_set():
+                    raise KeyboardInterrupt
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                if not done:
+                    continue
+                actor, shard_index = in_flight.pop(done[0])
+                try:
+                    with reraise_user_error(ray):
+                        record = ray.get(done[0])
+                except ray.exceptions.RayActorError as err:
+                    if getattr(err, "actor_init_failed", False):  # a bad bundle or spec: replacing cannot help
+                        raise FactoryError(f"run {spec.run_id}: production actor failed to start: {err}") from err
+                    replacements += 1
+                    if replacements > MAX_ACTOR_REPLACEMENTS:
+                        raise FactoryError(f"run {spec.run_id}: actors keep dying ({err})") from err
+                    log.warning("actor for shard %d died; the shard goes back to the queue", shard_index)
+                    queue.appendleft(shard_index)
+                    for future, (other, index) in list(in_flight.items()):
+                        if other is actor:  # its other shard is lost with it
+                            del in_flight[future]
+                            queue.appendleft(index)
+                    pool.remove(actor)
+                    actor = new_actor()
+                    pool.append(actor)
+                    dispatch(actor)
+                    continue
+                records[shard_index] = record
+                bar.update(len(spec.slots(shard_index)))
+                if on_commit:
+                    on_commit(shard_index, record)
+                dispatch(actor)
+        finally:
+            bar.close()
+            for actor in pool:
+                ray.kill(actor)
     extra = finish(records) if finish else None
     manifest = build_manifest(spec, records.values(), extra)
     _remove_stale_partials(out)
