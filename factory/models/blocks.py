@@ -136,6 +136,14 @@ def embed_tokens(weight: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return tokens @ weight
 
 
+def with_input_channels(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
+    """A torchvision ResNet stem convolution rebuilt for `channels` input channels (grey films instead
+    of RGB), initialised as torchvision initialises it."""
+    new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    return new
+
+
 class ResNetEncoder(nn.Module):
     """A torchvision ResNet (basic blocks, batch norm, no pretrained weights) from (B, C, S, S) images
     to its (B, 512) pooled features: a classifier backbone, as the paper's report encoder is.
@@ -146,8 +154,7 @@ class ResNetEncoder(nn.Module):
         from torchvision.models.resnet import BasicBlock, ResNet
 
         net = ResNet(BasicBlock, list(blocks))
-        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.conv1 = with_input_channels(net.conv1, in_channels)
         net.fc = nn.Identity()
         self.net = net
         self.out_channels = 512

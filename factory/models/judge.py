@@ -24,6 +24,7 @@ import torchvision
 from torch import nn
 
 from factory.data.labels import CXR_LABELS
+from factory.models.blocks import with_input_channels
 
 NET_NAME = "judge"
 # torchvision ResNets; each gets a `channels`-channel first convolution in place of its RGB one.
@@ -74,7 +75,7 @@ class JudgeNet(nn.Module):
         self.image_size = config["image_size"]
         self.input_mean, self.input_std = float(config["input_mean"]), float(config["input_std"])
         net = getattr(torchvision.models, config["arch"])(weights=None, num_classes=config["num_labels"])
-        net.conv1 = _grey_conv(net.conv1, config["channels"])
+        net.conv1 = with_input_channels(net.conv1, config["channels"])
         self.num_features = net.fc.in_features
         self.head = nn.Sequential(nn.Dropout(config["dropout"]), net.fc)
         net.fc = nn.Identity()
@@ -87,13 +88,6 @@ class JudgeNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) images in [0, 1] -> (B, num_labels) logits (sigmoid for probabilities)."""
         return self.head(self.features(images))
-
-
-def _grey_conv(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
-    """The same convolution with `channels` input channels, initialised as torchvision initialises it."""
-    new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
-    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
-    return new
 
 
 def build_networks(config: Mapping[str, Any]) -> dict[str, nn.Module]:
