@@ -30,6 +30,8 @@ def test_planner_shares_what_is_left_evenly_after_start_up():
     assert planner.next_steps(used_s=300.0, done_segments=1) == int((700 / 3 - 60) / 6)
     assert planner.next_steps(used_s=990.0, done_segments=3) == 0  # nothing left after start-up
     assert planner.next_steps(used_s=0.0, done_segments=4) == 0
+    cautious = SegmentPlanner(budget_s=1000.0, segments=4, per_step_s=5.0, startup_s=50.0, margin=0.25)
+    assert cautious.next_steps(used_s=0.0, done_segments=0) == 32  # (1000 / 4 - 50) / (5 x 1.25)
 
 
 def test_macro_f1_reads_reports_with_the_labeler():
