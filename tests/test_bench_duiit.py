@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from factory.bench import cli
-from factory.bench.duiit import (AUGMENT, CONFIGS, PURE, IndexStream, make_regressor, mean_sd, nearest_by_age,
-                                 recalibrate_batch_norm, resample_to_spacing, simple_augment, summarise, tables)
+from factory.bench.duiit import (AUGMENT, CONFIGS, PURE, IndexStream, Phantoms, Settings, make_regressor, mean_sd,
+                                 nearest_by_age, recalibrate_batch_norm, resample_to_spacing, simple_augment,
+                                 summarise, tables, train_regressor)
 
 
 def test_index_stream_walks_whole_epochs_and_repeats_from_its_seed():
@@ -44,6 +45,21 @@ def test_regressor_start_depends_on_the_seed_only():
     assert a(torch.zeros(2, 1, 64, 64)).shape == (2,)
     with pytest.raises(ValueError):
         make_regressor("vgg", 0)
+
+
+def test_regressor_training_repeats_exactly_and_leaves_the_default_generator_alone():
+    # The small regressor has dropout, which draws from torch's default generator.
+    rng = torch.Generator().manual_seed(0)
+    images = {"ct": torch.rand(12, 1, 32, 32, generator=rng) * 2 - 1}
+    ages = {"ct": torch.rand(12, generator=rng)}
+    data = Phantoms(images=images, ages=ages, years=ages, study_ids={"ct": [str(i) for i in range(12)]}, spacing={})
+    settings = Settings(steps=4, batch=4)
+    before = torch.random.get_rng_state()
+    first = train_regressor(data, {}, settings, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.rand(5)  # the default generator moves on; the training must not care
+    second = train_regressor(data, {}, settings, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), second.state_dict().values()))
 
 
 def test_mean_sd_summary_and_tables():

@@ -58,6 +58,7 @@ real CT slices from seed 0's MIX-CT-MRI-PET model).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -261,12 +262,20 @@ class SmallPredictor(nn.Module):
         return self.net(images)[:, 0]
 
 
+@contextlib.contextmanager
+def default_rng_seeded(seed: int):
+    """The default torch generator seeded for the block and restored after it: the regressor's dropout
+    draws from it, so without this two identical runs differ by several years²."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def make_regressor(kind: str, seed: int) -> nn.Module:
     """The age regressor every configuration uses, its initial weights a function of `seed` alone."""
     if kind not in PREDICTORS:
         raise ValueError(f"predictor must be one of {list(PREDICTORS)}, not {kind!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with default_rng_seeded(seed):
         return SmallPredictor() if kind == "small" else duiit.AgePredictor(kind)
 
 
@@ -317,22 +326,23 @@ def train_regressor(data: Phantoms, extra: Mapping[str, torch.Tensor], settings:
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
     streams = _streams(data, tuple(extra), seed)
     generator = torch.Generator().manual_seed(seed * 1000 + 7)
-    for step in range(settings.steps):
-        for group in optimiser.param_groups:
-            group["lr"] = lr * linear_decay(step, settings.steps, config["lr_decay_start"])
-        index = streams[TARGET].take(settings.batch)
-        images, targets = [data.images["ct"][index]], [data.ages["ct"][index]]
-        if augment:
-            images[0] = simple_augment(images[0], generator)
-        for source, translated in extra.items():
-            index = streams[source].take(settings.batch)
-            images.append(translated[index])
-            targets.append(data.ages[source][index])
-        predicted = model(torch.cat(images).to(settings.device))
-        loss = F.mse_loss(predicted.float(), torch.cat(targets).to(settings.device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+    with default_rng_seeded(seed * 1000 + 8):
+        for step in range(settings.steps):
+            for group in optimiser.param_groups:
+                group["lr"] = lr * linear_decay(step, settings.steps, config["lr_decay_start"])
+            index = streams[TARGET].take(settings.batch)
+            images, targets = [data.images["ct"][index]], [data.ages["ct"][index]]
+            if augment:
+                images[0] = simple_augment(images[0], generator)
+            for source, translated in extra.items():
+                index = streams[source].take(settings.batch)
+                images.append(translated[index])
+                targets.append(data.ages[source][index])
+            predicted = model(torch.cat(images).to(settings.device))
+            loss = F.mse_loss(predicted.float(), torch.cat(targets).to(settings.device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
     return model
 
 
@@ -372,14 +382,15 @@ def joint_run(data: Phantoms, sources: Sequence[str], lambda_pred: float, settin
     streams = _streams(data, sources, seed)
     generator = torch.Generator().manual_seed(seed * 1000 + 11)
     metrics: dict[str, float] = {}
-    for step in range(settings.t_steps):
-        apply_learning_rates(engines, recipe.learning_rates(step, settings.t_steps))
-        batch = {}
-        for part in (TARGET, *recipe.config["sources"]):
-            index = streams[part].take(settings.t_batch)
-            batch[part] = data.images[part][index]  # already in model space: what recipe.batch gives
-            batch[f"{part}_age"] = data.ages[part][index]
-        metrics = recipe.train_step(engines, batch, step, generator)
+    with default_rng_seeded(seed * 1000 + 12):
+        for step in range(settings.t_steps):
+            apply_learning_rates(engines, recipe.learning_rates(step, settings.t_steps))
+            batch = {}
+            for part in (TARGET, *recipe.config["sources"]):
+                index = streams[part].take(settings.t_batch)
+                batch[part] = data.images[part][index]  # already in model space: what recipe.batch gives
+                batch[f"{part}_age"] = data.ages[part][index]
+            metrics = recipe.train_step(engines, batch, step, generator)
     return nets, config, metrics
 
 
