@@ -26,6 +26,7 @@ from tqdm import tqdm
 from factory.data.labels import CXR_LABELS
 from factory.data.phantoms.cxr import generate_study, labels_of, render
 from factory.data.phantoms.cxr_findings import DEFAULT_PREVALENCE, sample_findings
+from factory.seeding import global_rng_seeded
 
 
 def machine_info() -> dict:
@@ -94,8 +95,7 @@ def learnability(train: int, test: int, size: int, input_size: int, epochs: int,
     x_test, y_test = phantom_arrays(seed, train, test, size, input_size)
     generated = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():  # layer initialisation draws from the global generator: scope it
-        torch.manual_seed(seed)
+    with global_rng_seeded(seed):  # layer initialisation draws from the global generator
         model = small_cnn(len(CXR_LABELS))
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
     batch = 64

@@ -62,7 +62,6 @@ per-seed errors and wall times), the same stem with .md (the tables) and `--pict
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import time
@@ -76,6 +75,7 @@ from torch import nn
 
 from factory.models import duiit
 from factory.models.duiit import SOURCES, TARGET
+from factory.seeding import global_rng_seeded
 
 PURE, AUGMENT = "PURE-CT", "Simple Augment"
 SOURCE_SETS = {"MRI": ("mri",), "PET": ("pet",), "MRI-PET": ("mri", "pet")}
@@ -266,20 +266,11 @@ class SmallPredictor(nn.Module):
         return self.net(images)[:, 0]
 
 
-@contextlib.contextmanager
-def default_rng_seeded(seed: int):
-    """The default torch generator seeded for the block and restored after it: the regressor's dropout
-    draws from it, so without this two identical runs differ by several years²."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def make_regressor(kind: str, seed: int) -> nn.Module:
     """The age regressor every configuration uses, its initial weights a function of `seed` alone."""
     if kind not in PREDICTORS:
         raise ValueError(f"predictor must be one of {list(PREDICTORS)}, not {kind!r}")
-    with default_rng_seeded(seed):
+    with global_rng_seeded(seed):
         return SmallPredictor() if kind == "small" else duiit.AgePredictor(kind)
 
 
@@ -330,7 +321,8 @@ def train_regressor(data: Phantoms, extra: Mapping[str, torch.Tensor], settings:
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
     streams = _streams(data, tuple(extra), seed)
     generator = torch.Generator().manual_seed(seed * 1000 + 7)
-    with default_rng_seeded(seed * 1000 + 8):
+    # Dropout draws from the global generator: unseeded, two identical runs differed by several years².
+    with global_rng_seeded(seed * 1000 + 8):
         for step in range(settings.steps):
             for group in optimiser.param_groups:
                 group["lr"] = lr * linear_decay(step, settings.steps, config["lr_decay_start"])
@@ -386,7 +378,7 @@ def joint_run(data: Phantoms, sources: Sequence[str], lambda_pred: float, settin
     streams = _streams(data, sources, seed)
     generator = torch.Generator().manual_seed(seed * 1000 + 11)
     metrics: dict[str, float] = {}
-    with default_rng_seeded(seed * 1000 + 12):
+    with global_rng_seeded(seed * 1000 + 12):
         for step in range(settings.t_steps):
             apply_learning_rates(engines, recipe.learning_rates(step, settings.t_steps))
             batch = {}

@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from factory.errors import BadInputError
 from factory.evaluate.image_metrics import multilabel_auc, present
+from factory.seeding import global_rng_seeded
 
 # Tags that keep the seeded draws of one seed apart from each other (and from the judge's split tag 7).
 _REAL_TAG, _SYNTHETIC_TAG, _TILE_TAG = 101, 102, 103
@@ -152,8 +153,7 @@ def train_arm(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, t
     except ValueError as err:
         raise BadInputError("augment", str(err)) from err
     targets = torch.from_numpy(present(labels).astype(np.float32))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with global_rng_seeded(seed, device):
         net = registry.build_networks("judge", config)["judge"].to(device)
         history = _fit(net, torch.from_numpy(images), targets, epochs, batch_size, lr, seed, device, False)
     probabilities = Judge(net, label_names, device=device).probabilities(test_images)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from factory.errors import BadInputError
+from factory.seeding import global_rng_seeded
 
 MAX_IS_LABELS = 16  # the Inception-Score analogue enumerates 2**K label configurations
 _EPS = 1e-12
@@ -99,8 +100,7 @@ def kid(real_features: Any, fake_features: Any, subsets: int = 100, subset_size:
                                          subset_size=size, degree=degree, gamma=gamma, coef=float(coef))
     metric.update(torch.from_numpy(real), real=True)
     metric.update(torch.from_numpy(fake), real=False)
-    with torch.random.fork_rng(devices=[]):  # subsets are drawn from torch's global generator: scope it
-        torch.manual_seed(seed)
+    with global_rng_seeded(seed):  # subsets are drawn from torch's global generator
         mean, std = metric.compute()
     return float(mean), float(std)
 

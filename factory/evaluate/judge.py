@@ -30,6 +30,7 @@ from tqdm import tqdm
 from factory.data.labels import CXR_LABELS
 from factory.errors import BadInputError
 from factory.evaluate.image_metrics import multilabel_auc, present
+from factory.seeding import global_rng_seeded
 
 RECIPE = "judge"
 DEFAULT_PHANTOM_SEED = 1
@@ -271,10 +272,8 @@ def train_judge(out: str, *, data: JudgeData | None = None, count: int = 10000, 
     images = torch.from_numpy(data.images)
     targets = torch.from_numpy(present(data.labels).astype(np.float32))
 
-    # Initial weights and dropout draw from torch's global generators: seed them inside fork_rng so
-    # the caller's random state is left as it was.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    # Initial weights and dropout draw from torch's global generators.
+    with global_rng_seeded(seed, device):
         net = registry.build_networks(RECIPE, config)["judge"].to(device)
         history = _fit(net, images[train_idx], targets[train_idx], epochs, batch_size, lr, seed, device, progress)
 

@@ -31,13 +31,12 @@ def make_config(name: str, overrides: Mapping[str, Any] | None = None) -> dict[s
 
 def build_networks(name: str, config: Mapping[str, Any], seed: int | None = None) -> dict[str, nn.Module]:
     """The model's networks. With `seed`, initial weights are a function of the seed alone: the
-    layers' initialisers draw from torch's global generator, which is seeded inside fork_rng and
+    layers' initialisers draw from torch's global generator, which is seeded for the call and
     restored afterwards, so the caller's random state is left untouched."""
-    import torch
+    from factory.seeding import global_rng_seeded
 
     module = model_module(name)
     if seed is None:
         return module.build_networks(config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with global_rng_seeded(seed):
         return module.build_networks(config)
