@@ -1,5 +1,5 @@
 """Ray Train + DeepSpeed: a two-worker EMIXER run of a few steps, checkpointed, killed and resumed,
-exported as a bundle whose weights moved away from their initial values; the same under plain DDP
+exported as a bundle whose weights moved away from their initial values; one run under plain DDP
 (engine: ddp), and DDP engines' forward rules and checkpoints in one process."""
 
 import json
@@ -74,7 +74,8 @@ def test_killed_job_resumes_from_newest_checkpoint(tmp_path):
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path, steps=80, checkpoint_every=2, bundle_out=None)))
     job = subprocess.Popen([sys.executable, "-m", "factory", "train", str(config_path)], start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
-    snapshot_path = tmp_path / "runs" / "tiny" / "checkpoint_manager_snapshot.json"
+    run_dir = tmp_path / "runs" / "tiny"
+    snapshot_path = run_dir / "checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + 240
     # Kill as soon as Ray Train has registered a checkpoint: the run is then mid-way, whatever the load.
     while not snapshot_path.exists() and time.monotonic() < deadline and job.poll() is None:
@@ -83,11 +84,14 @@ def test_killed_job_resumes_from_newest_checkpoint(tmp_path):
     os.killpg(job.pid, signal.SIGKILL)  # the driver and everything it started, without warning
     job.wait()
     assert json.loads(snapshot_path.read_text()), "no checkpoint was committed before the kill"
-    resumed = run_train(config_path, timeout=400)
+    # The newest step written (registered or not): the resumed run need only go two steps past it.
+    newest = max(json.loads(state.read_text())["step"] for state in run_dir.glob("checkpoint_*/runner_state.json"))
+    assert 2 <= newest < 80
+    resumed = run_train(config_path, "--set", f"steps={newest + 2}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     start = int(resumed.stdout.split("resumed from step ")[1].split(")")[0])
-    assert 2 <= start < 80 and start % 2 == 0
-    assert "step 80 of 80" in resumed.stdout
+    assert 2 <= start <= newest and start % 2 == 0
+    assert f"step {newest + 2} of {newest + 2}" in resumed.stdout
 
 
 def test_config_errors_name_the_file_and_field(tmp_path):
@@ -100,27 +104,25 @@ def test_config_errors_name_the_file_and_field(tmp_path):
         TrainConfig.model_validate(tiny_config(tmp_path, precision="bf16"))
 
 
-def test_two_workers_under_ddp_checkpoint_resume_and_export(tmp_path):
+def test_two_workers_under_ddp_train_checkpoint_and_export(tmp_path):
+    """One Ray run under plain DDP: the runner's resume is the DeepSpeed tests' subject, and DDP engines'
+    checkpoints round-trip in the in-process test below; a second Ray start here would add a minute."""
     config_path = tmp_path / "train.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path, engine="ddp", zero_stage=0, steps=2)))
     first = run_train(config_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "run tiny: step 2 of 2 (resumed from step 0)" in first.stdout
+    head = "run tiny: step 2 of 2 (resumed from step 0)"
+    assert head in first.stdout
     checkpoints = [p for p in (tmp_path / "runs" / "tiny").glob("checkpoint_*") if p.is_dir()]
     assert {p.name for p in checkpoints[0].glob("*.ddp.pt")} == {f"{n}.ddp.pt" for n in get_recipe("emixer").net_names}
-
-    second = run_train(config_path, "--set", "steps=3")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "run tiny: step 3 of 3 (resumed from step 2)" in second.stdout
-    lines = second.stdout.splitlines()
-    losses = dict(pair.split("=") for pair in lines[lines.index("run tiny: step 3 of 3 (resumed from step 2)") + 1].split())
+    lines = first.stdout.splitlines()
+    losses = dict(pair.split("=") for pair in lines[lines.index(head) + 1].split())
     assert all(math.isfinite(float(v)) for v in losses.values())
     bundle = load_bundle(str(tmp_path / "bundle"))
     initial = get_recipe("emixer").build(bundle.model_config, seed=0)
     for name, net in bundle.nets.items():
         assert any(not torch.equal(a, b) for a, b in zip(net.state_dict().values(), initial[name].state_dict().values())
                    if a.dtype.is_floating_point), f"{name} did not train"
-
 
 
 @pytest.fixture
