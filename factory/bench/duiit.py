@@ -628,9 +628,9 @@ def run(settings: Settings, picture: str | None, log=print) -> dict[str, Any]:
     started = time.perf_counter()
     jobs = [(settings, seed, picture if seed == 0 else None) for seed in range(settings.seeds)]
     if settings.jobs > 1:
-        import multiprocessing
+        from factory.process_pool import process_pool
 
-        with multiprocessing.get_context("spawn").Pool(min(settings.jobs, settings.seeds)) as pool:
+        with process_pool(min(settings.jobs, settings.seeds)) as pool:
             per_seed = pool.map(_seed_job, jobs, chunksize=1)
     else:
         per_seed = [_seed_job(job) for job in jobs]
