@@ -51,10 +51,11 @@ minutes at load ~5 with 3 seed processes; the MIX-CT-MRI-PET translator run is t
 slices, small translators (`--g-width 8 --g-blocks 2 --d-width 8`; CycleGAN's are 64, 6 blocks and 64), a
 few hundred translator steps (CycleGAN trains for ~10^5), and the small CNN of the brain-age benchmark
 (factory.bench.brain_age) as the regressor instead of the recipe's ResNet-18 (`--predictor resnet18`:
-about 20x the compute). Wider translators keep more of the age: on seed 0, the PURE-CT regressor reads
-MRI translations with 1164 years² of error at width 8 and 124 with `--g-width 32 --d-width 32` (see
-docs/bench/duiit.md), but the translators then take over 5x as long (in the 3-seed run, the unsupervised
-CycleGAN stage alone ran over 30 minutes instead of 5.5). Writes `--out` (JSON: settings, machine,
+about 20x the compute). Wider translators keep more of the age: with `--g-width 32 --d-width 32` the
+PURE-CT regressor reads the MRI+PET translations with 178 and 159 years² of error instead of 1747 and
+1663, and MIX-CT-MRI-PET is 1.02x PURE-CT instead of 1.27x (3 seeds, docs/bench/duiit.md), but the
+translators take about 5x as long (the unsupervised CycleGAN stage 27 minutes instead of 5.5; all
+configurations about an hour and a half). Writes `--out` (JSON: settings, machine,
 per-seed errors and wall times), the same stem with .md (the tables) and `--picture` (source / translated
 / real CT slices from seed 0's MIX-CT-MRI-PET model).
 """
