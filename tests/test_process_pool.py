@@ -1,6 +1,5 @@
 """The benchmarks' process pool ends with its parent when the parent gets SIGTERM."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import time
 from pathlib import Path
 
 SCRIPT = r"""
-import os, sys, time
+import time
 from factory.process_pool import process_pool
 
 with process_pool(2) as pool:

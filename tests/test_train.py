@@ -106,7 +106,7 @@ def test_config_errors_name_the_file_and_field(tmp_path):
 
 def test_two_workers_under_ddp_train_checkpoint_and_export(tmp_path):
     """One Ray run under plain DDP: the runner's resume is the DeepSpeed tests' subject, and DDP engines'
-    checkpoints round-trip in the in-process test below; a second Ray start here would add a minute."""
+    checkpoints round-trip in the in-process test below; a second Ray run here took about 40 s more."""
     config_path = tmp_path / "train.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path, engine="ddp", zero_stage=0, steps=2)))
     first = run_train(config_path)
