@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from factory.data.adapters.volumes import open_volumes
 from factory.data.phantoms.brain import write_dataset
+from factory.seeding import global_rng_seeded
 
 AGE_CENTRE, AGE_SCALE = 55.0, 20.0
 BRAIN_WINDOW = (-20.0, 120.0)  # HU; bone saturates, as on a brain-window CT film
@@ -58,35 +59,36 @@ def small_regressor() -> nn.Module:
 
 def train_and_test(x_train, y_train, x_test, epochs: int, seed: int) -> tuple[np.ndarray, list[float]]:
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # layer initialisation draws from the default generator
-    model = small_regressor()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    batch = 64
-    steps = epochs * ((len(x_train) + batch - 1) // batch)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
-    target = (y_train - AGE_CENTRE) / AGE_SCALE
-    losses = []
-    for _ in tqdm(range(epochs), desc="training", unit="epoch"):
-        model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        total = 0.0
-        for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
-            images = x_train[idx]
-            # Left-right flips keep age and double the anatomy seen.
-            flip = torch.rand(len(idx), generator=generator) < 0.5
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-            loss = nn.functional.smooth_l1_loss(model(images)[:, 0], target[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += loss.item() * len(idx)
-        losses.append(round(total / len(order), 4))
-    model.eval()
-    with torch.no_grad():
-        predicted = torch.cat([model(x_test[i:i + 256])[:, 0] for i in range(0, len(x_test), 256)])
-    return (predicted * AGE_SCALE + AGE_CENTRE).numpy(), losses
+    # Layer initialisation and dropout draw from the global generator: seeded for the run, restored after.
+    with global_rng_seeded(seed):
+        model = small_regressor()
+        optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+        batch = 64
+        steps = epochs * ((len(x_train) + batch - 1) // batch)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
+        target = (y_train - AGE_CENTRE) / AGE_SCALE
+        losses = []
+        for _ in tqdm(range(epochs), desc="training", unit="epoch"):
+            model.train()
+            order = torch.randperm(len(x_train), generator=generator)
+            total = 0.0
+            for start in range(0, len(order), batch):
+                idx = order[start:start + batch]
+                images = x_train[idx]
+                # Left-right flips keep age and double the anatomy seen.
+                flip = torch.rand(len(idx), generator=generator) < 0.5
+                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+                loss = nn.functional.smooth_l1_loss(model(images)[:, 0], target[idx])
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                total += loss.item() * len(idx)
+            losses.append(round(total / len(order), 4))
+        model.eval()
+        with torch.no_grad():
+            predicted = torch.cat([model(x_test[i:i + 256])[:, 0] for i in range(0, len(x_test), 256)])
+        return (predicted * AGE_SCALE + AGE_CENTRE).numpy(), losses
 
 
 def run(train: int, test: int, size: int, input_size: int, epochs: int, seed: int, threads: int) -> dict:

@@ -55,9 +55,9 @@ about 20x the compute). Wider translators keep more of the age: with `--g-width 
 PURE-CT regressor reads the MRI+PET translations with 178 and 159 years² of error instead of 1747 and
 1663, and MIX-CT-MRI-PET is 1.02x PURE-CT instead of 1.27x (3 seeds, docs/bench/duiit.md), but the
 translators take about 5x as long (the unsupervised CycleGAN stage 27 minutes instead of 5.5; all
-configurations about an hour and a half). Writes `--out` (JSON: settings, machine,
-per-seed errors and wall times), the same stem with .md (the tables) and `--picture` (source / translated
-/ real CT slices from seed 0's MIX-CT-MRI-PET model).
+configurations about an hour and a half). Writes `--out` (JSON: settings, machine, per-seed errors and
+wall times), the same stem with .md (the tables) and `--picture` (source / translated / real CT slices
+from seed 0's MIX-CT-MRI-PET model).
 """
 
 from __future__ import annotations
