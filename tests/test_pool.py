@@ -157,16 +157,3 @@ def test_explicit_label_counts_are_honoured(ray_local, tiny_bundle, tmp_path):
         run_production(ProduceConfig(bundle=tiny_bundle, count=16, shard_size=6, out=str(tmp_path / "bad"),
                                      labels=str(counts)), progress=False)
 
-
-def test_interrupt_flag_turns_sigint_into_a_flag_and_restores_the_handler():
-    from factory.produce.pool import interrupt_flag
-
-    before = signal.getsignal(signal.SIGINT)
-    with interrupt_flag() as interrupted:
-        assert not interrupted.is_set()
-        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: the handler only sets the flag
-        deadline = time.monotonic() + 5
-        while not interrupted.is_set() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert interrupted.is_set()
-    assert signal.getsignal(signal.SIGINT) is before

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from factory.produce.pool import ACTOR_ENV
+from factory.raytools import ray_worker_env
 
 STAGE_SCRIPT = "factory.bench.produce"
 
@@ -72,7 +72,7 @@ def _stage_in_subprocess(stage: str, bundle: str, count: int, batch: int, env: d
 def generator_alone(bundle: str, count: int, batch: int, processes: int, tuned_malloc: bool) -> dict[str, float]:
     """Generator throughput of `processes` concurrent single-threaded processes (fresh, so glibc reads
     the malloc settings at start)."""
-    env = ACTOR_ENV if tuned_malloc else {}
+    env = ray_worker_env() if tuned_malloc else {}
     started = time.perf_counter()
     workers = [_stage_in_subprocess("generate", bundle, count // processes, batch, env) for _ in range(processes)]
     results = [json.loads(w.communicate()[0].strip().splitlines()[-1]) for w in workers]
@@ -151,7 +151,7 @@ def ray_data(bundle: str, count: int, batch: int, out: str, actors: int) -> dict
         Generate, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=actors),
         # Ray Data's read and write tasks each want a whole CPU: actors holding more than half a core
         # each leave them unschedulable on a 2-core node, and the pipeline hangs (seen here with 0.9).
-        num_cpus=0.5, runtime_env={"env_vars": ACTOR_ENV})
+        num_cpus=0.5, runtime_env={"env_vars": ray_worker_env()})
     dataset.write_webdataset(out, encoder=None)
     seconds = time.perf_counter() - started
     return {"samples_per_s": count / seconds, "seconds_with_startup": seconds}

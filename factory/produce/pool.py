@@ -10,11 +10,8 @@ and a replacement actor takes over; an interrupted run resumes from its committe
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
-import signal
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
@@ -26,13 +23,12 @@ from factory.produce.producers import build_producer
 from factory.produce.samples import Dropped, EncodedSample, encode_sample
 from factory.produce.shards import RunSpec, write_encoded_shard
 from factory.produce.writer import committed_shards
+from factory.raytools import connect_ray, dispatch_bounded, ray_worker_env
 
 log = logging.getLogger(__name__)
 
-# glibc returns every large tensor buffer to the kernel (mmap/munmap per allocation) by default; on
-# CPU generators that costs more than the maths. Keeping freed memory in the heap avoids it.
-ACTOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 MAX_ACTOR_REPLACEMENTS = 8
+SHARDS_PER_ACTOR = 2  # in flight at once, so an actor never waits for the driver between shards
 
 
 class ShardWorker:
@@ -80,44 +76,6 @@ class ShardWorker:
         return os.getpid()
 
 
-def connect_ray():
-    import ray
-
-    if not ray.is_initialized():
-        # RAY_ADDRESS, when set, points at an existing cluster; otherwise a local one starts.
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    return ray
-
-
-@contextlib.contextmanager
-def interrupt_flag() -> Iterator[threading.Event]:
-    """Ctrl-C (SIGINT) sets a flag that the driver loop checks, instead of raising wherever it lands:
-    a KeyboardInterrupt raised while Ray runs a Cython callback on the main thread is printed as
-    "Exception ignored" and lost (ray-project/ray#7734), and the run then simply went on to the end.
-    Off the main thread (where handlers cannot be set) the flag is never set."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def reraise_user_error(ray):
-    """A FactoryError raised in an actor or task reaches the caller as itself (one line naming the
-    file and the problem), not wrapped in Ray's remote traceback."""
-    try:
-        yield
-    except ray.exceptions.RayTaskError as err:
-        if isinstance(err.cause, FactoryError):
-            raise err.cause from None
-        raise
-
-
 def produce(
     producer_spec: dict[str, Any],
     out: str,
@@ -150,7 +108,8 @@ def produce(
     queue = collections.deque(i for i in range(spec.num_shards) if i not in records)
     ray = connect_ray()
     actor_class = ray.remote(ShardWorker)
-    actor_options = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor, "runtime_env": {"env_vars": ACTOR_ENV}}
+    actor_options = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor,
+                     "runtime_env": {"env_vars": ray_worker_env()}}
     prefix = actor_name_prefix or f"medsynth-{spec.run_id}"
     created = 0
 
@@ -161,57 +120,38 @@ def produce(
         return actor_class.options(name=name, **actor_options).remote(producer_spec, out, spec, batch_size, gates)
 
     pool = [new_actor() for _ in range(min(actors, len(queue)) or 0)]
-    in_flight: dict[Any, tuple[Any, int]] = {}  # future -> (actor, shard index)
     replacements = 0
     bar = tqdm(total=spec.requested, desc=f"produce {spec.run_id}", unit="sample", disable=not progress,
                smoothing=0.1)
     bar.update(sum(len(spec.slots(i)) for i in records))
-    with interrupt_flag() as interrupted:
-        try:
-            def dispatch(actor):
-                # Two shards per actor in flight, so an actor never waits for the driver between shards.
-                while queue and sum(1 for a, _ in in_flight.values() if a is actor) < 2:
-                    shard_index = queue.popleft()
-                    in_flight[actor.write.remote(shard_index)] = (actor, shard_index)
 
-            for actor in pool:
-                dispatch(actor)
-            while in_flight:
-                if interrupted.is_set():
-                    raise KeyboardInterrupt
-                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
-                if not done:
-                    continue
-                actor, shard_index = in_flight.pop(done[0])
-                try:
-                    with reraise_user_error(ray):
-                        record = ray.get(done[0])
-                except ray.exceptions.RayActorError as err:
-                    if getattr(err, "actor_init_failed", False):  # a bad bundle or spec: replacing cannot help
-                        raise FactoryError(f"run {spec.run_id}: production actor failed to start: {err}") from err
-                    replacements += 1
-                    if replacements > MAX_ACTOR_REPLACEMENTS:
-                        raise FactoryError(f"run {spec.run_id}: actors keep dying ({err})") from err
-                    log.warning("actor for shard %d died; the shard goes back to the queue", shard_index)
-                    queue.appendleft(shard_index)
-                    for future, (other, index) in list(in_flight.items()):
-                        if other is actor:  # its other shard is lost with it
-                            del in_flight[future]
-                            queue.appendleft(index)
-                    pool.remove(actor)
-                    actor = new_actor()
-                    pool.append(actor)
-                    dispatch(actor)
-                    continue
-                records[shard_index] = record
-                bar.update(len(spec.slots(shard_index)))
-                if on_commit:
-                    on_commit(shard_index, record)
-                dispatch(actor)
-        finally:
-            bar.close()
-            for actor in pool:
-                ray.kill(actor)
+    def write(actor, shard_index: int):
+        return actor.write.remote(shard_index)
+
+    def committed(shard_index: int, record: dict[str, Any]) -> None:
+        records[shard_index] = record
+        bar.update(len(spec.slots(shard_index)))
+        if on_commit:
+            on_commit(shard_index, record)
+
+    def replace(actor, shard_index: int, err: Exception):
+        nonlocal replacements
+        if getattr(err, "actor_init_failed", False):  # a bad bundle or spec: replacing cannot help
+            raise FactoryError(f"run {spec.run_id}: production actor failed to start: {err}") from err
+        replacements += 1
+        if replacements > MAX_ACTOR_REPLACEMENTS:
+            raise FactoryError(f"run {spec.run_id}: actors keep dying ({err})") from err
+        log.warning("actor for shard %d died; the shard goes back to the queue", shard_index)
+        pool.remove(actor)
+        pool.append(new_actor())
+        return pool[-1]
+
+    try:
+        dispatch_bounded(ray, queue, list(pool), SHARDS_PER_ACTOR, write, committed, replace)
+    finally:
+        bar.close()
+        for actor in pool:
+            ray.kill(actor)
     extra = finish(records) if finish else None
     manifest = build_manifest(spec, records.values(), extra)
     _remove_stale_partials(out)

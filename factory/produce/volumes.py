@@ -26,6 +26,7 @@ volume complete.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
@@ -42,6 +43,7 @@ from factory.produce.producers import CT_PNG_OFFSET
 from factory.produce.samples import sample_key
 from factory.produce.shards import RunSpec, read_tar_members
 from factory.produce.translate_plan import PlannedStudy
+from factory.raytools import connect_ray, dispatch_bounded
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +194,6 @@ def write_volumes(out: str, spec: RunSpec, studies: Iterable[PlannedStudy], reco
     import zarr
     from tqdm import tqdm
 
-    from factory.produce.pool import connect_ray, reraise_user_error
-
     jobs = volume_jobs(spec, studies, records)
     if not jobs:
         return None
@@ -201,17 +201,13 @@ def write_volumes(out: str, spec: RunSpec, studies: Iterable[PlannedStudy], reco
     # Retried where a worker dies: a retry rewrites the same objects, zarr.json last.
     task = ray.remote(num_cpus=cpus_per_task, max_retries=3)(ensure_volume)
     written: dict[str, dict[str, Any]] = {}
-    queue = list(reversed(jobs))
-    in_flight: list[Any] = []
     with tqdm(total=len(jobs), desc=f"volumes {spec.run_id}", unit="volume", disable=not progress) as bar:
-        while queue or in_flight:
-            while queue and len(in_flight) < MAX_TASKS_IN_FLIGHT:
-                in_flight.append(task.remote(out, queue.pop()))
-            done, in_flight = ray.wait(in_flight, num_returns=1)
-            with reraise_user_error(ray):
-                record = ray.get(done[0])
+        def done(job: dict[str, Any], record: dict[str, Any]) -> None:
             written[record["name"]] = record
             bar.update(1)
+
+        dispatch_bounded(ray, collections.deque(jobs), [task], MAX_TASKS_IN_FLIGHT,
+                         lambda remote, job: remote.remote(out, job), done)
     arrays = [written[job["study_id"]] for job in jobs]
     _remove_stale_partials(group_url(out))
     group_attributes = {"run_id": spec.run_id, "config_sha256": spec.config_sha256, **bundle, "count": len(arrays)}

@@ -30,6 +30,7 @@ import numpy as np
 
 from factory import storage
 from factory.config import TrainConfig
+from factory.raytools import connect_ray, ray_worker_env
 from factory.train.data import TrainingData, fingerprint, load_training_data, prepare_data
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ def _ray_storage(config: TrainConfig) -> tuple[str, Any]:
 
 def train(config: TrainConfig, progress: bool = True):
     """Run (or resume) training; returns Ray Train's Result."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -66,9 +66,7 @@ def train(config: TrainConfig, progress: bool = True):
     except KeyError as err:
         raise BadInputError("recipe", err.args[0]) from err
     prepared = prepare_data(config, recipe, progress)
-    if not ray.is_initialized():
-        # Workers' and controllers' logs stay in Ray's log folder; failures reach the driver as exceptions.
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    connect_ray()
     storage_path, filesystem = _ray_storage(config)
     trainer = TorchTrainer(
         _worker_loop,
@@ -80,7 +78,7 @@ def train(config: TrainConfig, progress: bool = True):
             name=config.name, storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}},
+            worker_runtime_env={"env_vars": ray_worker_env()},
         ),
     )
     return trainer.fit()
