@@ -43,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from factory.config import ProduceConfig, TrainConfig
     from factory.produce.inspect import summary
-    from factory.produce.manifest import verify_run
+    from factory.produce.verify import verify_run
     from factory.produce.runs import run_production
     from factory.train.runner import train
 

@@ -14,10 +14,11 @@ import pytest
 
 from factory import storage
 from factory.errors import BadInputError
-from factory.produce.manifest import read_manifest, verify_run
+from factory.produce.manifest import read_manifest
 from factory.produce.pool import produce
 from factory.produce.producers import PhantomPairProducer
 from factory.produce.shards import RunSpec, shard_name
+from factory.produce.verify import verify_run
 from factory.produce.writer import write_run
 
 PRODUCER = {"type": "phantom-cxr", "size": 32}

@@ -18,9 +18,10 @@ from PIL import Image
 from factory.cli import main
 from factory.config import TranslateConfig
 from factory.errors import BadInputError, FactoryError
-from factory.produce.manifest import read_manifest, verify_run
+from factory.produce.manifest import read_manifest
 from factory.produce.runs import run_translation
 from factory.produce.translate_plan import build_plan
+from factory.produce.verify import verify_run
 
 SIZE = 32  # phantom slices and bundle; a 3-D phantom of side 32 has 16 slices
 VOLUMES = ("brain-mri-2-00000000", "brain-mri-3-00000000")  # NIfTI and DICOM

@@ -9,9 +9,10 @@ from typing import Any
 
 from factory import storage
 from factory.errors import BadInputError
-from factory.produce.manifest import read_manifest, verify_run
+from factory.produce.manifest import read_manifest
 from factory.produce.samples import sample_key
 from factory.produce.shards import read_tar_members
+from factory.produce.verify import verify_run
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 from factory import storage
 from factory.errors import BadInputError, FactoryError
-from factory.produce.shards import MANIFEST_NAME, RunSpec, check_belongs, verify_shard
+from factory.produce.shards import MANIFEST_NAME, RunSpec, check_belongs
 from factory.storage import StorageOptions
 from factory.validation import SCHEMA_VERSION, dump_json, parse_json
 
@@ -73,18 +73,3 @@ def existing_manifest(out: str, spec: RunSpec, storage_options: StorageOptions =
     check_belongs(manifest, spec, manifest_url(out))
     return manifest
 
-
-def verify_run(out: str, manifest: dict[str, Any], storage_options: StorageOptions = None,
-               deep: bool = True, progress: bool = False) -> None:
-    """Check every listed shard against the manifest (see shards.verify_shard), and the Zarr volumes
-    of a translation run (see volumes.verify_volumes)."""
-    from tqdm import tqdm
-
-    with tqdm(manifest["shards"], desc="verify shards", unit="shard", disable=not progress) as records:
-        for record in records:
-            verify_shard(out, record, storage_options, deep=deep)
-    volumes = (manifest.get("extra") or {}).get("volumes")
-    if volumes:
-        from factory.produce.volumes import verify_volumes
-
-        verify_volumes(out, volumes, deep=deep)

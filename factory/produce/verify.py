@@ -1,0 +1,23 @@
+"""Verify a finished run against its manifest: every shard, and a translation run's Zarr volumes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from factory.produce.shards import verify_shard
+from factory.produce.volumes import verify_volumes
+from factory.storage import StorageOptions
+
+
+def verify_run(out: str, manifest: dict[str, Any], storage_options: StorageOptions = None,
+               deep: bool = True, progress: bool = False) -> None:
+    """Check every listed shard against the manifest (see shards.verify_shard), and the Zarr volumes
+    of a translation run (see volumes.verify_volumes)."""
+    from tqdm import tqdm
+
+    with tqdm(manifest["shards"], desc="verify shards", unit="shard", disable=not progress) as records:
+        for record in records:
+            verify_shard(out, record, storage_options, deep=deep)
+    volumes = (manifest.get("extra") or {}).get("volumes")
+    if volumes:
+        verify_volumes(out, volumes, deep=deep)
