@@ -191,7 +191,7 @@ DEEPSPEED_LR = r"""
 import sys, torch, torch.distributed as dist
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[1], rank=0, world_size=1)
 from factory.config import TrainConfig
-from factory.train.runner import DeepSpeedEngine, deepspeed_config
+from factory.train.engines import DeepSpeedEngine, deepspeed_config
 for stage in (0, 1, 2):
     torch.manual_seed(0)
     net = torch.nn.Linear(8, 1)

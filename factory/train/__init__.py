@@ -1,1 +1,1 @@
-"""Training: engines (plain torch here; DeepSpeed wrapped by the runner), recipes (one per model)."""
+"""Training: engines (plain torch, DDP, DeepSpeed), the Ray Train runner, recipes (one per model)."""

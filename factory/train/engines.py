@@ -1,9 +1,9 @@
-"""The engine protocol recipes train through, and its plain-torch implementation.
+"""The engine protocol recipes train through, and its implementations: plain torch, DDP, DeepSpeed.
 
 A recipe never calls an optimiser or `loss.backward()` itself: it calls `engine(...)` (forward),
-`engine.backward(loss)` and `engine.step()`. DeepSpeed's engine already has that shape (the runner
-wraps it to this protocol), so one recipe runs under plain torch (`TorchEngine`), torch's
-DistributedDataParallel (`DDPEngine`) and DeepSpeed ZeRO alike.
+`engine.backward(loss)` and `engine.step()`. DeepSpeed's engine already has that shape
+(`DeepSpeedEngine` wraps it to this protocol), so one recipe runs under plain torch (`TorchEngine`),
+torch's DistributedDataParallel (`DDPEngine`) and DeepSpeed ZeRO alike.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+from factory.config import TrainConfig
 
 
 @runtime_checkable
@@ -117,6 +119,72 @@ class DDPEngine(TorchEngine):
         state = torch.load(path, map_location=next(self.module.parameters()).device, weights_only=True)
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+class DeepSpeedEngine:
+    """A DeepSpeed engine behind the Engine protocol; `deepspeed_config` gives its settings."""
+
+    def __init__(self, module, optimizer, ds_config: dict):
+        import deepspeed
+
+        self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+
+    @property
+    def module(self):
+        return self.engine.module
+
+    def __call__(self, *args, **kwargs):
+        # A network that is not being stepped (frozen, or under no_grad) runs as a plain module: the
+        # engine's forward would hook its outputs, and another engine's backward through them would then
+        # run this engine's backward machinery (an error at ZeRO-0, a reduction of nothing at ZeRO-2).
+        if not torch.is_grad_enabled() or not any(p.requires_grad for p in self.engine.module.parameters()):
+            return self.engine.module(*args, **kwargs)
+        return self.engine(*args, **kwargs)
+
+    def backward(self, loss) -> None:
+        self.engine.backward(loss)
+
+    def set_lr(self, lr: float) -> None:
+        set_param_group_lr(self.engine.optimizer, lr)
+
+    @property
+    def lr(self) -> float:
+        return float(self.engine.optimizer.param_groups[0]["lr"])
+
+    def step(self) -> None:
+        self.engine.step()  # optimizer step, gradient clipping and zeroing, as configured
+
+    def parameters(self):
+        return self.engine.module.parameters()
+
+    def save(self, directory: str, tag: str) -> None:
+        self.engine.save_checkpoint(directory, tag=tag)
+
+    def load(self, directory: str, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(directory, tag=tag)
+        if path is None:
+            raise FileNotFoundError(f"{directory}: no DeepSpeed checkpoint {tag}")
+
+
+def deepspeed_config(config: TrainConfig) -> dict:
+    """DeepSpeed's settings from a training config: its ZeRO stage, precision and clipping."""
+    ds = {
+        "train_micro_batch_size_per_gpu": config.batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": config.zero_stage},
+        # Recipes pass torch's Adam (the paper's settings per network); DeepSpeed's fused CPU/GPU Adam
+        # would need compiled ops. ZeRO partitions torch optimisers' state fine.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if config.grad_clip:
+        ds["gradient_clipping"] = config.grad_clip
+    if config.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif config.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "initial_scale_power": 12}
+    return ds
 
 
 def set_param_group_lr(optimizer, lr: float) -> None:

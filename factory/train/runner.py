@@ -86,80 +86,11 @@ def train(config: TrainConfig, progress: bool = True):
 
 # --- worker side ---------------------------------------------------------------------------------
 
-class DeepSpeedEngine:
-    """A DeepSpeed engine behind the recipes' Engine protocol (factory.train.engines)."""
-
-    def __init__(self, module, optimizer, ds_config: dict):
-        import deepspeed
-
-        self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
-
-    @property
-    def module(self):
-        return self.engine.module
-
-    def __call__(self, *args, **kwargs):
-        import torch
-
-        # A network that is not being stepped (frozen, or under no_grad) runs as a plain module: the
-        # engine's forward would hook its outputs, and another engine's backward through them would then
-        # run this engine's backward machinery (an error at ZeRO-0, a reduction of nothing at ZeRO-2).
-        if not torch.is_grad_enabled() or not any(p.requires_grad for p in self.engine.module.parameters()):
-            return self.engine.module(*args, **kwargs)
-        return self.engine(*args, **kwargs)
-
-    def backward(self, loss) -> None:
-        self.engine.backward(loss)
-
-    def set_lr(self, lr: float) -> None:
-        from factory.train.engines import set_param_group_lr
-
-        set_param_group_lr(self.engine.optimizer, lr)
-
-    @property
-    def lr(self) -> float:
-        return float(self.engine.optimizer.param_groups[0]["lr"])
-
-    def step(self) -> None:
-        self.engine.step()  # optimizer step, gradient clipping and zeroing, as configured
-
-    def parameters(self):
-        return self.engine.module.parameters()
-
-    def save(self, directory: str, tag: str) -> None:
-        self.engine.save_checkpoint(directory, tag=tag)
-
-    def load(self, directory: str, tag: str) -> None:
-        path, _ = self.engine.load_checkpoint(directory, tag=tag)
-        if path is None:
-            raise FileNotFoundError(f"{directory}: no DeepSpeed checkpoint {tag}")
-
-
-def deepspeed_config(config: TrainConfig) -> dict:
-    ds = {
-        "train_micro_batch_size_per_gpu": config.batch_size,
-        "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": config.zero_stage},
-        # Recipes pass torch's Adam (the paper's settings per network); DeepSpeed's fused CPU/GPU Adam
-        # would need compiled ops. ZeRO partitions torch optimisers' state fine.
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if config.grad_clip:
-        ds["gradient_clipping"] = config.grad_clip
-    if config.precision == "bf16":
-        ds["bf16"] = {"enabled": True}
-    elif config.precision == "fp16":
-        ds["fp16"] = {"enabled": True, "initial_scale_power": 12}
-    return ds
-
-
 def make_engines(config: TrainConfig, recipe, nets: dict, device) -> dict:
     """An engine per network, as the config says: DeepSpeed (its ZeRO stage, precision, clipping) or DDP."""
     import torch
 
-    from factory.train.engines import DDPEngine
+    from factory.train.engines import DDPEngine, DeepSpeedEngine, deepspeed_config
 
     ds_config = deepspeed_config(config) if config.engine == "deepspeed" else None
     engines = {}
