@@ -24,8 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from factory.data.labels import CXR_LABELS
-from factory.data.phantoms.cxr import generate_study, labels_of, render
-from factory.data.phantoms.cxr_findings import DEFAULT_PREVALENCE, sample_findings
+from factory.data.phantoms.cxr import generate_study, phantom_arrays
 from factory.seeding import global_rng_seeded
 
 
@@ -44,19 +43,6 @@ def throughput(count: int, size: int, seed: int = 0) -> dict:
     wall = time.perf_counter() - start
     return {"size": size, "count": count, "wall_s": round(wall, 3), "studies_per_s_per_core": round(count / wall, 1),
             "includes": "findings, image and report", "machine": machine_info()}
-
-
-def phantom_arrays(seed: int, start: int, count: int, size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images (count, 1, out_size, out_size) float32 and labels (count, 9), area-downsampled like a loader."""
-    factor = size // out_size
-    images = np.empty((count, 1, out_size, out_size), np.float32)
-    labels = np.empty((count, len(CXR_LABELS)), np.float32)
-    for i in tqdm(range(count), desc="phantoms", unit="study"):
-        findings = sample_findings(np.random.default_rng([seed, start + i, 0]), DEFAULT_PREVALENCE)
-        film = render(seed, start + i, findings, size).astype(np.float32) / 255.0
-        images[i, 0] = film.reshape(out_size, factor, out_size, factor).mean(axis=(1, 3))
-        labels[i] = labels_of(findings)
-    return images, labels
 
 
 def small_cnn(classes: int) -> nn.Module:

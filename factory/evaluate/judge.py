@@ -157,7 +157,7 @@ class JudgeData:
 
 def phantom_data(count: int, size: int = 64, seed: int = DEFAULT_PHANTOM_SEED) -> JudgeData:
     """`count` phantom chest X-rays of study seed `seed`, drawn at `size` pixels."""
-    from factory.bench.cxr_phantom import phantom_arrays
+    from factory.data.phantoms.cxr import phantom_arrays
 
     if count < 1:
         raise BadInputError("phantom", f"count must be positive, got {count}")

@@ -18,7 +18,8 @@ from tqdm import tqdm
 from factory.data.labels import CXR_LABELS, Finding
 from factory.data.phantoms.cxr_anatomy import draw_anatomy, expose, sample_chest
 from factory.data.phantoms.cxr_canvas import Canvas
-from factory.data.phantoms.cxr_findings import adjust_chest, draw_findings, resolve_prevalence, sample_findings
+from factory.data.phantoms.cxr_findings import (DEFAULT_PREVALENCE, adjust_chest, draw_findings, resolve_prevalence,
+                                                 sample_findings)
 from factory.data.text.reports import write_report
 
 MAX_SIZE = 1024
@@ -79,3 +80,16 @@ def write_dataset(out: str, count: int, size: int = 128, layout: str = "mimic-cx
     with layout_writer(layout, out) as writer:
         for index in tqdm(range(count), desc=f"cxr phantoms ({layout})", unit="study"):
             writer.add(generate_study(seed, index, size, resolved))
+
+
+def phantom_arrays(seed: int, start: int, count: int, size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (count, 1, out_size, out_size) float32 and labels (count, 9), area-downsampled like a loader."""
+    factor = size // out_size
+    images = np.empty((count, 1, out_size, out_size), np.float32)
+    labels = np.empty((count, len(CXR_LABELS)), np.float32)
+    for i in tqdm(range(count), desc="phantoms", unit="study"):
+        findings = sample_findings(np.random.default_rng([seed, start + i, 0]), DEFAULT_PREVALENCE)
+        film = render(seed, start + i, findings, size).astype(np.float32) / 255.0
+        images[i, 0] = film.reshape(out_size, factor, out_size, factor).mean(axis=(1, 3))
+        labels[i] = labels_of(findings)
+    return images, labels
