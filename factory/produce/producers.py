@@ -12,12 +12,12 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from factory.data.hounsfield import CT_PNG_OFFSET
 from factory.data.labels import CXR_LABELS
 from factory.errors import BadInputError, FactoryError
 from factory.produce.samples import Dropped, Sample
 
 SIXTEEN_BIT = 65535
-CT_PNG_OFFSET = 1024  # ct.png holds HU + 1024: the volume adapter's CT PNG convention (a test checks they agree)
 
 
 class Producer(Protocol):

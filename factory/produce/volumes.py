@@ -38,8 +38,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from factory import storage
+from factory.data.hounsfield import CT_PNG_OFFSET
 from factory.errors import FactoryError, IntegrityError
-from factory.produce.producers import CT_PNG_OFFSET
 from factory.produce.samples import sample_key
 from factory.produce.shards import RunSpec, read_tar_members
 from factory.produce.translate_plan import PlannedStudy

@@ -30,13 +30,13 @@ import torch.nn.functional as F
 
 from factory import storage
 from factory.data.dataset import Study, StudyDataset
+from factory.data.hounsfield import CT_PNG_OFFSET
 from factory.errors import BadInputError
 
 FORMATS = ("nifti", "dicom", "zarr", "png")
 REQUIRED_COLUMNS = ("study_id", "age", "modality", "path")
 OPTIONAL_COLUMNS = ("spacing",)
 MODALITIES = ("ct", "mri", "pet")
-CT_PNG_OFFSET = 1024
 NORMALISE_PERCENTILE = 99.5
 
 

@@ -23,9 +23,9 @@ from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, MRImageStorage,
                          PositronEmissionTomographyImageStorage, generate_uid)
 
 from factory import storage
+from factory.data.hounsfield import CT_PNG_OFFSET
 from factory.data.phantoms.brain import BrainPhantom
 
-CT_OFFSET = 1024  # uint16 CT pixels hold HU + 1024 (DICOM RescaleIntercept -1024)
 PET_PNG_SCALE = 1000.0  # PNG PET pixels hold SUV x 1000
 _SOP_CLASS = {"ct": CTImageStorage, "mri": MRImageStorage, "pet": PositronEmissionTomographyImageStorage}
 _DICOM_MODALITY = {"ct": "CT", "mri": "MR", "pet": "PT"}
@@ -101,8 +101,8 @@ def dicom_slices(phantom: BrainPhantom) -> list[bytes]:
         ds.Rows, ds.Columns = rows, columns
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         if phantom.modality == "ct":
-            pixels = (plane.astype(np.int32) + CT_OFFSET).astype(np.uint16)
-            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -CT_OFFSET, 1, "HU"
+            pixels = (plane.astype(np.int32) + CT_PNG_OFFSET).astype(np.uint16)
+            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -CT_PNG_OFFSET, 1, "HU"
         elif phantom.modality == "pet":
             slope = max(float(plane.max()), 1e-3) / 65000.0
             pixels = np.rint(np.clip(plane, 0, None) / slope).astype(np.uint16)
@@ -124,7 +124,7 @@ def write_dicom(root: str, phantom: BrainPhantom) -> str:
 
 def png_pixels(phantom: BrainPhantom) -> np.ndarray:
     if phantom.modality == "ct":
-        return (_volume(phantom).astype(np.int32) + CT_OFFSET).astype(np.uint16)
+        return (_volume(phantom).astype(np.int32) + CT_PNG_OFFSET).astype(np.uint16)
     if phantom.modality == "pet":
         return np.rint(np.clip(_volume(phantom) * PET_PNG_SCALE, 0, 65535)).astype(np.uint16)
     return _volume(phantom).astype(np.uint16)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from factory.data.hounsfield import CT_PNG_OFFSET
 from factory.data.phantoms.brain_anatomy import Head
 
 MODALITIES = ("ct", "mri", "pet")
 FIELD_OF_VIEW = {"ct": 240.0, "mri": 220.0, "pet": 280.0}  # mm across the image; PET scanners see more
-CT_RANGE = (-1024, 3071)  # 12-bit CT, as stored with RescaleIntercept -1024
+CT_RANGE = (-CT_PNG_OFFSET, 4095 - CT_PNG_OFFSET)  # 12-bit CT, as stored with RescaleIntercept -1024
 
 _CT = {"scalp": 25, "bone": 1350, "diploe": 550, "csf": 8, "gm": 40, "wm": 28, "deep_gm": 37, "lesion": 17}
 _T1 = {"scalp": 800, "bone": 40, "diploe": 550, "csf": 180, "gm": 560, "wm": 950, "deep_gm": 650, "lesion": 380}
