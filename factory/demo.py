@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from factory.train.runner import train
 
     from factory.config import EvaluateConfig, TranslateConfig
-    from factory.data.phantoms.brain import write_dataset
+    from factory.data.phantoms.brain_formats import write_dataset
     from factory.evaluate.judge import train_judge
     from factory.evaluate.run_report import evaluate_config
     from factory.produce.runs import run_translation

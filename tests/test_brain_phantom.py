@@ -11,7 +11,8 @@ import pydicom
 import pytest
 
 from factory.data.phantoms import brain, brain_formats
-from factory.data.phantoms.brain import anatomy, generate, write_dataset
+from factory.data.phantoms.brain import anatomy, generate
+from factory.data.phantoms.brain_formats import write_dataset
 
 
 def test_same_seed_same_patient_other_seed_other_patient():

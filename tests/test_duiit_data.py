@@ -7,7 +7,7 @@ import pytest
 from factory.config import TrainDataConfig
 from factory.data.adapters.volumes import open_volumes
 from factory.data.brain_slices import AxialSlices, slice_positions
-from factory.data.phantoms.brain import write_dataset
+from factory.data.phantoms.brain_formats import write_dataset
 from factory.data.training import available_parts, check_parts, open_part
 from factory.errors import BadInputError
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from factory.data.adapters.volumes import open_volumes
-from factory.data.phantoms.brain import generate, write_dataset
+from factory.data.phantoms.brain import generate
+from factory.data.phantoms.brain_formats import write_dataset
 from factory.errors import BadInputError
 
 FORMATS = ("nifti", "dicom", "zarr", "png")

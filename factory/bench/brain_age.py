@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from factory.data.adapters.volumes import open_volumes
-from factory.data.phantoms.brain import write_dataset
+from factory.data.phantoms.brain_formats import write_dataset
 from factory.seeding import global_rng_seeded
 
 AGE_CENTRE, AGE_SCALE = 55.0, 20.0

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
         write_dataset(out=args.out, count=args.count, size=args.size, layout=args.layout, seed=args.seed)
     else:
-        from factory.data.phantoms.brain import write_dataset
+        from factory.data.phantoms.brain_formats import write_dataset
 
         write_dataset(out=args.out, count=args.count, modality=args.modality, fmt=args.format,
                       dims=args.dims, size=args.size, seed=args.seed)

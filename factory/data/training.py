@@ -63,7 +63,7 @@ def open_part(data: TrainDataConfig, part: str) -> Iterator[StudyDataset]:
 
         yield PhantomCxrDataset(data.count, size=data.size, seed=data.seed)
     elif data.source == "phantom-brain":
-        from factory.data.phantoms.brain import write_dataset
+        from factory.data.phantoms.brain_formats import write_dataset
 
         with tempfile.TemporaryDirectory(prefix=f"phantom-brain-{part}-") as folder:
             write_dataset(folder, data.counts[part], part, fmt="nifti", dims=2, size=data.size, seed=data.seed)

@@ -12,23 +12,16 @@ Values: CT int16 Hounsfield units; MRI uint16 scanner units (white matter ~950);
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
-from factory import storage
 from factory.data.phantoms.brain_anatomy import Head, sample_head, tissue_fractions
 from factory.data.phantoms.brain_modalities import FIELD_OF_VIEW, MODALITIES, render
 
 SIZE_RANGE = (32, 512)
 SLICE_LEVELS = (-5.0, 40.0)  # mm above the head centre: from the third ventricle to the centrum semiovale
 VOLUME_Z = (-40.0, 100.0)  # mm covered by a 3-D volume, skull base region to vertex
-LABEL_FIELDS = ("study_id", "age", "modality", "path", "spacing")
-FORMATS = ("nifti", "dicom", "zarr", "png")
-_CHECKPOINT_EVERY = 256  # studies between rewrites of labels.csv, so a killed run keeps most of its list
 
 
 @dataclass
@@ -87,49 +80,3 @@ def generate(seed: int, index: int, modality: str, dims: int = 2, size: int = 12
     image = render(modality, head, fractions, spacing, coords, scanner)
     return BrainPhantom(study_id=study_id(seed, index, modality), modality=modality, age=round(head.age, 2),
                         image=image, spacing=tuple(float(s) for s in spacing), z0=z0, seed=seed, index=index)
-
-
-def _labels_csv(rows: dict[str, dict]) -> bytes:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=LABEL_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for key in sorted(rows):
-        writer.writerow(rows[key])
-    return text.getvalue().encode()
-
-
-def read_label_rows(out: str) -> dict[str, dict]:
-    """Rows of an existing labels.csv under `out` by study id (empty when there is none)."""
-    url = storage.join(out, "labels.csv")
-    if not storage.exists(url):
-        return {}
-    rows = csv.DictReader(io.StringIO(storage.read_bytes(url).decode()))
-    return {row["study_id"]: row for row in rows}
-
-
-def write_dataset(out: str, count: int, modality: str, fmt: str = "nifti", dims: int = 2, size: int = 128,
-                  seed: int = 0) -> None:
-    """Write `count` phantom patients under `out` (a folder or fsspec URL) plus `labels.csv`.
-
-    Every file is written under a temporary name and moved into place (or uploaded whole), and
-    labels.csv lists only complete studies: it is rewritten every few hundred studies and when the
-    loop ends, also on error, so a failed run keeps what it finished. Rows of an existing labels.csv
-    for other studies are kept.
-    """
-    from factory.data.phantoms.brain_formats import WRITERS
-
-    if fmt not in WRITERS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    rows = read_label_rows(out)
-    labels_url = storage.join(out, "labels.csv")
-    try:
-        for index in tqdm(range(count), desc=f"brain {modality} phantoms ({fmt}, {dims}-D)", unit="study"):
-            phantom = generate(seed, index, modality, dims, size)
-            path = WRITERS[fmt](out, phantom)
-            rows[phantom.study_id] = {"study_id": phantom.study_id, "age": f"{phantom.age:.2f}",
-                                      "modality": modality, "path": path,
-                                      "spacing": " ".join(f"{s:.6g}" for s in phantom.spacing)}
-            if (index + 1) % _CHECKPOINT_EVERY == 0:
-                storage.atomic_put(labels_url, _labels_csv(rows))
-    finally:
-        storage.atomic_put(labels_url, _labels_csv(rows))

@@ -1,4 +1,5 @@
-"""Writers of brain phantoms in the file formats real volumes come in: NIfTI, DICOM series, Zarr, PNG.
+"""Writers of brain phantoms in the file formats real volumes come in: NIfTI, DICOM series, Zarr, PNG;
+and `write_dataset`, a whole phantom dataset in one of them with its labels.csv.
 
 Each writer returns the study's path relative to the dataset root (the `path` column of labels.csv).
 Stored values: CT as Hounsfield units (NIfTI and Zarr int16; DICOM and PNG uint16 = HU + 1024, DICOM
@@ -8,6 +9,7 @@ per-slice RescaleSlope; PNG: SUV x 1000). Every file appears under its final nam
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import os
@@ -21,12 +23,15 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, MRImageStorage,
                          PositronEmissionTomographyImageStorage, generate_uid)
+from tqdm import tqdm
 
 from factory import storage
 from factory.data.hounsfield import CT_PNG_OFFSET
-from factory.data.phantoms.brain import BrainPhantom
+from factory.data.phantoms.brain import BrainPhantom, generate
 
 PET_PNG_SCALE = 1000.0  # PNG PET pixels hold SUV x 1000
+LABEL_FIELDS = ("study_id", "age", "modality", "path", "spacing")
+_CHECKPOINT_EVERY = 256  # studies between rewrites of labels.csv, so a killed run keeps most of its list
 _SOP_CLASS = {"ct": CTImageStorage, "mri": MRImageStorage, "pet": PositronEmissionTomographyImageStorage}
 _DICOM_MODALITY = {"ct": "CT", "mri": "MR", "pet": "PT"}
 
@@ -171,3 +176,47 @@ def write_zarr(root: str, phantom: BrainPhantom) -> str:
 
 
 WRITERS = {"nifti": write_nifti, "dicom": write_dicom, "zarr": write_zarr, "png": write_png}
+
+
+def _labels_csv(rows: dict[str, dict]) -> bytes:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=LABEL_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for key in sorted(rows):
+        writer.writerow(rows[key])
+    return text.getvalue().encode()
+
+
+def read_label_rows(out: str) -> dict[str, dict]:
+    """Rows of an existing labels.csv under `out` by study id (empty when there is none)."""
+    url = storage.join(out, "labels.csv")
+    if not storage.exists(url):
+        return {}
+    rows = csv.DictReader(io.StringIO(storage.read_bytes(url).decode()))
+    return {row["study_id"]: row for row in rows}
+
+
+def write_dataset(out: str, count: int, modality: str, fmt: str = "nifti", dims: int = 2, size: int = 128,
+                  seed: int = 0) -> None:
+    """Write `count` phantom patients under `out` (a folder or fsspec URL) plus `labels.csv`.
+
+    Every file is written under a temporary name and moved into place (or uploaded whole), and
+    labels.csv lists only complete studies: it is rewritten every few hundred studies and when the
+    loop ends, also on error, so a failed run keeps what it finished. Rows of an existing labels.csv
+    for other studies are kept.
+    """
+    if fmt not in WRITERS:
+        raise ValueError(f"format must be one of {', '.join(WRITERS)}, got {fmt!r}")
+    rows = read_label_rows(out)
+    labels_url = storage.join(out, "labels.csv")
+    try:
+        for index in tqdm(range(count), desc=f"brain {modality} phantoms ({fmt}, {dims}-D)", unit="study"):
+            phantom = generate(seed, index, modality, dims, size)
+            path = WRITERS[fmt](out, phantom)
+            rows[phantom.study_id] = {"study_id": phantom.study_id, "age": f"{phantom.age:.2f}",
+                                      "modality": modality, "path": path,
+                                      "spacing": " ".join(f"{s:.6g}" for s in phantom.spacing)}
+            if (index + 1) % _CHECKPOINT_EVERY == 0:
+                storage.atomic_put(labels_url, _labels_csv(rows))
+    finally:
+        storage.atomic_put(labels_url, _labels_csv(rows))
