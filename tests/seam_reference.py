@@ -5,13 +5,12 @@ creation time, so the metadata hashes are stable), a phantom run, an EMIXER pair
 translation run (slices and a volume), and returns the sha256 of everything a user keeps: bundle
 weights and metadata, each run's id and every shard's and volume's sha256. `seam_reference.json`
 holds the digests recorded with the code before the seam (commit 06313f5), on this kind of machine;
-tests/test_generator_seam.py compares. Run as a script to record them again:
+tests/test_generator_seam.py compares. Run as a script to print them again:
 `python tests/seam_reference.py tests/seam_reference.json` (needs Ray; starts a local one).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -21,16 +20,11 @@ CREATED_AT = "2026-01-01T00:00:00+00:00"
 
 
 def _bundle(root: Path, recipe: str, **options) -> tuple[str, dict]:
-    from factory.models import bundle as bundle_module
+    # (Recorded before init_bundle took created_at, with write_bundle's default patched to it.)
     from factory.models.cli import init_bundle
 
     url = str(root / f"bundle-{recipe}")
-    write = bundle_module.write_bundle
-    bundle_module.write_bundle = functools.partial(write, created_at=CREATED_AT)
-    try:
-        metadata = init_bundle(url, recipe, size=SIZE, seed=4, **options)
-    finally:
-        bundle_module.write_bundle = write
+    metadata = init_bundle(url, recipe, size=SIZE, seed=4, created_at=CREATED_AT, **options)
     return url, {"sha256": metadata["sha256"], "weights": metadata["files"][0]["sha256"]}
 
 
