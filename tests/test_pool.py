@@ -107,8 +107,6 @@ def test_interrupted_driver_resumes_to_exactly_once(tmp_path):
 
 def test_quality_gate_drops_before_writing_and_manifest_counts(ray_local, tmp_path):
     from factory.produce.gates import image_contrast
-    from factory.produce.producer_specs import PhantomPairs
-from factory.produce.producers import PhantomPairProducer
 
     contrasts = image_contrast(PhantomPairProducer(3, 32).make_batch(range(30)))
     threshold = float(sorted(contrasts)[10])  # the 10 flattest of 30 fall below
