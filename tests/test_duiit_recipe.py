@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_train import run_train, tiny_config
+from test_train import tiny_config, train_in_session
 
 from factory.models.bundle import load_bundle
 from factory.train.engines import TorchEngine, apply_learning_rates, torch_engines
@@ -228,18 +228,17 @@ def test_deepspeed_engines_take_the_learning_rate_at_every_zero_stage():
 TINY_DUIIT = {"g_width": 4, "g_blocks": 1, "d_width": 4, "pool_size": 4}
 
 
-def test_two_workers_train_checkpoint_and_export(tmp_path):
+def test_two_workers_train_checkpoint_and_export(ray_local, tmp_path):
     """One Ray run: the runner's resume is the EMIXER tests' subject (tests/test_train.py), and the recipe's
     own state (its image pools) is restored in process above; a second Ray run here took about a minute."""
     settings = tiny_config(tmp_path, name="tiny-duiit", recipe="duiit", model=TINY_DUIIT, batch_size=4,
                            data={"source": "phantom-brain", "counts": {"ct": 8, "mri": 8, "pet": 8}, "size": 32})
     config_path = tmp_path / "train.yaml"
     config_path.write_text(yaml.safe_dump(settings))
-    first = run_train(config_path)
-    assert first.returncode == 0, first.stderr[-3000:]
+    first = train_in_session(config_path)
     head = "run tiny-duiit: step 4 of 4 (resumed from step 0)"
-    assert head in first.stdout
-    lines = first.stdout.splitlines()
+    assert head in first
+    lines = first.splitlines()
     metrics = {k: float(v) for k, v in (pair.split("=") for pair in lines[lines.index(head) + 1].split())}
     assert metrics.keys() >= {"mri_g_adv", "mri_cycle", "mri_d_ct", "pet_age", "pet_d_source", "p_loss"}
     assert all(math.isfinite(v) for v in metrics.values())

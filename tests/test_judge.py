@@ -43,7 +43,7 @@ def real_images():
 
 
 def test_config_and_network_shapes():
-    assert "judge" in registry.MODELS
+    assert "judge" in registry.names()
     config = registry.make_config("judge", {"image_size": 32})
     net = registry.build_networks("judge", config, seed=3)["judge"]
     again = registry.build_networks("judge", config, seed=3)["judge"]

@@ -16,17 +16,18 @@ from factory import storage
 from factory.errors import BadInputError
 from factory.produce.manifest import read_manifest
 from factory.produce.pool import produce
+from factory.produce.producer_specs import PhantomPairs
 from factory.produce.producers import PhantomPairProducer
 from factory.produce.shards import RunSpec, shard_name
 from factory.produce.verify import verify_run
 from factory.produce.writer import write_run
 
-PRODUCER = {"type": "phantom-cxr", "size": 32}
+PRODUCER = PhantomPairs(size=32)
 
 
 def run_spec(count, shard_size, run_id="pool-test"):
     return RunSpec(run_id=run_id, requested=count, shard_size=shard_size, seed=3, sample_kind="pair",
-                   config={"producer": PRODUCER}, command="pytest")
+                   config={"producer": PRODUCER.echo()}, command="pytest")
 
 
 def all_keys(out, manifest):
@@ -107,7 +108,6 @@ def test_interrupted_driver_resumes_to_exactly_once(tmp_path):
 
 def test_quality_gate_drops_before_writing_and_manifest_counts(ray_local, tmp_path):
     from factory.produce.gates import image_contrast
-    from factory.produce.producers import PhantomPairProducer
 
     contrasts = image_contrast(PhantomPairProducer(3, 32).make_batch(range(30)))
     threshold = float(sorted(contrasts)[10])  # the 10 flattest of 30 fall below

@@ -254,7 +254,7 @@ def test_a_dataset_changed_after_planning_stops_the_actor_naming_labels_csv(bund
     from factory.produce.runs import translation_spec
 
     producer, spec, _, _ = translation_spec(config(bundle, source, tmp_path / "out"), progress=False)
-    producer["plan"]["labels_sha256"] = "0" * 64
+    producer.plan["labels_sha256"] = "0" * 64
     worker = ShardWorker(producer, str(tmp_path / "out"), spec)
     with pytest.raises(BadInputError, match=r"labels\.csv: changed since this run was planned"):
         worker.write(0)

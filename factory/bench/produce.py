@@ -163,11 +163,12 @@ def pool(bundle: str, count: int, batch: int, out: str, actors: int, shard_size:
     steady-state rate is what a long run sustains and what compares with the generator alone, whose
     rate also excludes start-up."""
     from factory.produce.pool import produce
+    from factory.produce.producer_specs import BundlePairs
     from factory.produce.shards import RunSpec
 
-    producer = {"type": "bundle-pairs", "bundle": bundle, "labels": "balanced", "count": count}
+    producer = BundlePairs(bundle=bundle, count=count)
     spec = RunSpec(run_id=f"bench-{actors}", requested=count, shard_size=shard_size, seed=0, sample_kind="pair",
-                   config={"producer": producer})
+                   config={"producer": producer.echo()})
     commits: list[tuple[float, int]] = []
     started = time.perf_counter()
     manifest = produce(producer, out, spec, actors=actors, batch_size=batch, progress=False,
@@ -205,11 +206,12 @@ def full_run(bundle: str, count: int, batch: int, out: str, actors: int, shard_s
     import psutil
 
     from factory.produce.pool import produce
+    from factory.produce.producer_specs import BundlePairs
     from factory.produce.shards import RunSpec
 
-    producer = {"type": "bundle-pairs", "bundle": bundle, "labels": "balanced", "count": count}
+    producer = BundlePairs(bundle=bundle, count=count)
     spec = RunSpec(run_id="bench-full", requested=count, shard_size=shard_size, seed=0, sample_kind="pair",
-                   config={"producer": producer})
+                   config={"producer": producer.echo()})
     driver_rss: list[dict[str, float]] = []
     actor_peaks: dict[int, float] = {}
     done = 0

@@ -383,14 +383,20 @@ def load_augmentation(url: str) -> dict[str, Any]:
 def generator_training_data(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The data description of the bundle a run was produced from (TrainDataConfig as JSON), or None
     when the run did not come from a bundle or its bundle is not readable."""
+    from pydantic import ValidationError
+
     from factory import storage
     from factory.models.bundle import METADATA_NAME
+    from factory.produce.producer_specs import BundlePairs, parse_producer
 
-    producer = (manifest.get("config") or {}).get("producer") or {}
-    if producer.get("type") != "bundle-pairs" or not producer.get("bundle"):
+    try:
+        producer = parse_producer((manifest.get("config") or {}).get("producer") or {})
+    except ValidationError:
+        return None
+    if not isinstance(producer, BundlePairs):
         return None
     try:
-        metadata = json.loads(storage.read_bytes(storage.join(producer["bundle"], METADATA_NAME)))
+        metadata = json.loads(storage.read_bytes(storage.join(producer.bundle, METADATA_NAME)))
         return json.loads(metadata["training_data"]["description"])
     except (OSError, KeyError, ValueError, TypeError):
         return None

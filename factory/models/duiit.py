@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from factory.models.spec import GeneratorSpec, Translation, UntrainedShape
+
 TARGET = "ct"
 SOURCES = ("mri", "pet")
 PREDICTORS = ("resnet18", "resnet34", "resnet50")
@@ -385,3 +387,27 @@ def predict_age(nets: Mapping[str, nn.Module], ct: torch.Tensor, config: Mapping
 def lsgan_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
     """Least-squares GAN loss (Mao et al.): mean of (D(x) - 1)^2 for real targets, D(x)^2 for fake."""
     return F.mse_loss(logits.float(), torch.full_like(logits.float(), 1.0 if real else 0.0))
+
+
+def untrained_shape(size: int, seed: int, width: int | None = None,
+                    sources: Sequence[str] | None = None) -> UntrainedShape:
+    """An untrained DUIIT: its one label is age, it writes no words; `sources` picks the modalities
+    it translates (default: the config's)."""
+    overrides: dict[str, Any] = {"image_size": size}
+    if sources is not None:
+        overrides["sources"] = list(sources)
+    if width is not None:
+        overrides.update(g_width=width, d_width=width)
+    return UntrainedShape(overrides, ["age"])
+
+
+SPEC = GeneratorSpec(
+    name="duiit",
+    summary="MRI/PET -> CT translation with a joint age regressor (DUIIT)",
+    make_config=make_config,
+    build_networks=build_networks,
+    untrained=untrained_shape,
+    untrained_options=("width", "sources"),
+    recipe="factory.train.recipes.duiit:DUIITRecipe",
+    products=(Translation(to_model_space=to_model_space, translate=translate, ct_to_hounsfield=ct_to_hounsfield),),
+)

@@ -32,6 +32,7 @@ from torch import nn
 from factory.data.labels import CXR_LABELS
 from factory.data.text.vocab import Vocabulary
 from factory.models.blocks import ImageEncoder, ResBlockUp, ResNetEncoder, SelfAttention, embed_tokens, sn
+from factory.models.spec import GeneratorSpec, PairSampling, UntrainedShape
 
 NET_NAMES = ("G", "F", "D_image", "D_report", "D_joint")
 F_ENCODERS = {"biggan": None, "resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2)}  # ResNet blocks per stage
@@ -371,3 +372,32 @@ def generate(nets: Mapping[str, nn.Module], labels: torch.Tensor, z: torch.Tenso
 
 def decode_reports(ids: np.ndarray, vocabulary: Vocabulary) -> list[str]:
     return [vocabulary.decode_sentences(report) for report in ids]
+
+
+# Enough phantom reports for every word of the report grammar to pass the vocabulary's min count of 6.
+UNTRAINED_REPORTS = 2000
+
+
+def untrained_shape(size: int, seed: int, width: int | None = None) -> UntrainedShape:
+    """An untrained EMIXER reads and writes the chest X-ray labels; its vocabulary comes from phantom
+    reports (the phantom's own report grammar, no films drawn)."""
+    from factory.data.phantoms.cxr import phantom_reports
+
+    vocabulary = Vocabulary.build(phantom_reports(seed, UNTRAINED_REPORTS))
+    overrides = {"image_size": size, "vocab_size": len(vocabulary), "num_labels": len(CXR_LABELS)}
+    if width is not None:
+        overrides.update(g_width=width, d_width=width, f_width=width)
+    return UntrainedShape(overrides, list(CXR_LABELS), vocabulary.to_json(),
+                          f"; vocabulary from {UNTRAINED_REPORTS} phantom chest X-ray reports")
+
+
+SPEC = GeneratorSpec(
+    name="emixer",
+    summary="label -> chest X-ray image -> report (EMIXER)",
+    make_config=make_config,
+    build_networks=build_networks,
+    untrained=untrained_shape,
+    untrained_options=("width",),
+    recipe="factory.train.recipes.emixer:EmixerRecipe",
+    products=(PairSampling(z_dim=z_dim, generate=generate, decode_reports=decode_reports),),
+)

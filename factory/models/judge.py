@@ -11,8 +11,8 @@ stem stays torchvision's 7x7 stride-2 convolution and max-pool: at the judge's 6
 still sees the film at full resolution, and the four stages then run at 16, 8, 4 and 2 pixels, which
 keeps a CPU training run at a few minutes; a stride-1 or pool-free stem costs four times as much.
 
-Model protocol (factory.models.registry): `make_config(overrides)` and `build_networks(config)`,
-which returns {"judge": JudgeNet}; bundles store it under that name with vocabulary None.
+Its spec (factory.models.spec) makes no product and names no recipe: `medsynth evaluate judge` trains
+it (factory.evaluate.judge). Bundles store its one network under "judge", with vocabulary None.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import nn
 
 from factory.data.labels import CXR_LABELS
 from factory.models.blocks import with_input_channels
+from factory.models.spec import GeneratorSpec, UntrainedShape
 
 NET_NAME = "judge"
 # torchvision ResNets; each gets a `channels`-channel first convolution in place of its RGB one.
@@ -92,3 +93,17 @@ class JudgeNet(nn.Module):
 
 def build_networks(config: Mapping[str, Any]) -> dict[str, nn.Module]:
     return {NET_NAME: JudgeNet(config)}
+
+
+def untrained_shape(size: int, seed: int) -> UntrainedShape:
+    """An untrained judge reads the chest X-ray labels; its widths are the torchvision ResNet's."""
+    return UntrainedShape({"image_size": size, "num_labels": len(CXR_LABELS)}, list(CXR_LABELS))
+
+
+SPEC = GeneratorSpec(
+    name="judge",
+    summary="chest X-ray classifier that evaluation reads images with",
+    make_config=make_config,
+    build_networks=build_networks,
+    untrained=untrained_shape,
+)

@@ -1,6 +1,8 @@
-"""Model name -> network builder, so a bundle (which stores only the name and a JSON config) can
-rebuild its networks. Model modules (and torch) are imported on first use, so the CLI can list
-the names without loading them."""
+"""Model name -> its module, whose `SPEC` (factory.models.spec.GeneratorSpec) declares everything
+else. A bundle stores only the name and a JSON config; the spec rebuilds its networks. Model
+modules (and torch) are imported on first use, so the CLI can list the names without loading them.
+
+Adding a model: its own files (model module with SPEC, recipe, tests) and one line here."""
 
 from __future__ import annotations
 
@@ -10,23 +12,32 @@ from typing import TYPE_CHECKING, Any, Mapping
 if TYPE_CHECKING:
     from torch import nn
 
-# name -> module exposing make_config(overrides) and build_networks(config)
-MODELS: dict[str, str] = {
+    from factory.models.spec import GeneratorSpec
+
+GENERATORS: dict[str, str] = {
     "emixer": "factory.models.emixer",
-    "judge": "factory.models.judge",
     "duiit": "factory.models.duiit",
+    "judge": "factory.models.judge",
 }
 
 
-def model_module(name: str):
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-    return importlib.import_module(MODELS[name])
+def names() -> list[str]:
+    return sorted(GENERATORS)
+
+
+def spec(name: str) -> GeneratorSpec:
+    """The model's spec (KeyError naming the known models when there is none)."""
+    if name not in GENERATORS:
+        raise KeyError(f"unknown model {name!r}; known: {names()}")
+    declared = importlib.import_module(GENERATORS[name]).SPEC
+    if declared.name != name:
+        raise RuntimeError(f"{GENERATORS[name]} declares {declared.name!r}, registered as {name!r}")
+    return declared
 
 
 def make_config(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The model's full config from its defaults and `overrides` (ValueError when invalid)."""
-    return model_module(name).make_config(overrides)
+    return spec(name).make_config(overrides)
 
 
 def build_networks(name: str, config: Mapping[str, Any], seed: int | None = None) -> dict[str, nn.Module]:
@@ -35,8 +46,8 @@ def build_networks(name: str, config: Mapping[str, Any], seed: int | None = None
     restored afterwards, so the caller's random state is left untouched."""
     from factory.seeding import global_rng_seeded
 
-    module = model_module(name)
+    build = spec(name).build_networks
     if seed is None:
-        return module.build_networks(config)
+        return build(config)
     with global_rng_seeded(seed):
-        return module.build_networks(config)
+        return build(config)

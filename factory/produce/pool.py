@@ -19,7 +19,7 @@ from factory import storage
 from factory.errors import FactoryError
 from factory.produce.gates import build_gate
 from factory.produce.manifest import build_manifest, existing_manifest, write_manifest
-from factory.produce.producers import build_producer
+from factory.produce.producer_specs import ProducerSpec
 from factory.produce.samples import Dropped, EncodedSample, encode_sample
 from factory.produce.shards import RunSpec, write_encoded_shard
 from factory.produce.writer import committed_shards
@@ -34,11 +34,11 @@ SHARDS_PER_ACTOR = 2  # in flight at once, so an actor never waits for the drive
 class ShardWorker:
     """Generates, encodes and writes whole shards. Used inside a Ray actor, or directly."""
 
-    def __init__(self, producer_spec: dict[str, Any], out: str, spec: RunSpec, batch_size: int = 32,
+    def __init__(self, producer_spec: ProducerSpec, out: str, spec: RunSpec, batch_size: int = 32,
                  gates: list[dict[str, Any]] | None = None, encode_threads: int = 2):
         self.startup_error: FactoryError | None = None
         try:
-            self.producer = build_producer(producer_spec, spec.seed)
+            self.producer = producer_spec.build(spec.seed)
             self.gates = [build_gate(g) for g in gates or []]
         except FactoryError as err:
             # Raised from write() instead: a user error (a bad bundle, a changed dataset) then reaches
@@ -77,7 +77,7 @@ class ShardWorker:
 
 
 def produce(
-    producer_spec: dict[str, Any],
+    producer_spec: ProducerSpec,
     out: str,
     spec: RunSpec,
     actors: int = 1,

@@ -1,9 +1,10 @@
 """Producers: what an actor builds once and then asks for batches of samples by index.
 
-A producer is described by a small JSON-able spec, so the driver can hand it to actors and the
-manifest can echo it; `build_producer` turns the spec into the object inside the actor (loading a
+A producer is described by a typed spec (factory.produce.producer_specs), which the driver hands to
+actors and the manifest echoes; the spec's `build` makes the producer inside the actor (loading a
 bundle there, once). Sample n must depend only on (run seed, n) and the spec: that is what makes
-any shard regenerable bit for bit, by any actor, in any order.
+any shard regenerable bit for bit, by any actor, in any order. Bundle producers call the model
+through the product its spec declares (factory.models.spec), never by the model's name.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from factory.data.hounsfield import CT_PNG_OFFSET
 from factory.data.labels import CXR_LABELS
 from factory.errors import BadInputError, FactoryError
+from factory.models.spec import PairSampling, Translation
 from factory.produce.samples import Dropped, Sample
 
 SIXTEEN_BIT = 65535
@@ -132,7 +134,9 @@ class BundlePairProducer:
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.bundle = load_bundle(bundle_url, device=self.device)
-        self.model = registry.model_module(self.bundle.recipe)
+        self.model = registry.spec(self.bundle.recipe).product(PairSampling)
+        if self.model is None:
+            raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not make image/report pairs")
         self.seed = seed
         self.z_dim = self.model.z_dim(self.bundle.model_config)
         self.policy = LabelPolicy(self.bundle.label_names, labels, seed, count,
@@ -179,7 +183,6 @@ class TranslationProducer:
     """
 
     sample_kind = "translation"
-    MODEL_FUNCTIONS = ("translate", "to_model_space", "ct_to_hounsfield")
 
     def __init__(self, bundle_url: str, bundle_sha256: str, plan: dict[str, Any]):
         import torch
@@ -202,8 +205,8 @@ class TranslationProducer:
         if self.bundle.sha256 != bundle_sha256:
             raise BadInputError(storage.join(bundle_url, METADATA_NAME), "changed since this run was planned; "
                                                                          "write the translation to a new location")
-        self.model = registry.model_module(self.bundle.recipe)
-        if not all(hasattr(self.model, name) for name in self.MODEL_FUNCTIONS):
+        self.model = registry.spec(self.bundle.recipe).product(Translation)
+        if self.model is None:
             raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not translate images")
         self.config = self.bundle.model_config
         untranslatable = sorted(set(self.plan.modalities) - set(self.config["sources"]))
@@ -261,14 +264,3 @@ class TranslationProducer:
             }
             samples.append(Sample(index=index, images={"ct.png": ct, "src.png": src}, metadata=metadata))
         return samples
-
-
-def build_producer(spec: dict[str, Any], seed: int) -> Producer:
-    kind = spec.get("type")
-    if kind == "phantom-cxr":
-        return PhantomPairProducer(seed, size=int(spec.get("size", 128)))
-    if kind == "bundle-pairs":
-        return BundlePairProducer(seed, spec["bundle"], spec.get("labels", "balanced"), int(spec["count"]))
-    if kind == "bundle-translation":
-        return TranslationProducer(spec["bundle"], spec["bundle_sha256"], spec["plan"])
-    raise FactoryError(f"unknown producer type {kind!r} (known: phantom-cxr, bundle-pairs, bundle-translation)")

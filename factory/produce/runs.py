@@ -12,6 +12,7 @@ from factory import storage
 from factory.config import ProduceConfig, TranslateConfig
 from factory.errors import BadInputError, FactoryError
 from factory.produce.pool import produce
+from factory.produce.producer_specs import BundlePairs, BundleTranslation, PhantomPairs, ProducerSpec
 from factory.produce.shards import RunSpec, canonical_sha256
 
 
@@ -30,27 +31,38 @@ def label_policy(labels: str) -> str | dict[str, int]:
     return {str(k): int(v) for k, v in counts.items()}
 
 
-def production_spec(config: ProduceConfig, command: str = "") -> tuple[dict[str, Any], RunSpec]:
+def production_spec(config: ProduceConfig, command: str = "") -> tuple[ProducerSpec, RunSpec]:
+    """(producer spec for the actors, run spec) of a production run. A bundle's producer follows from
+    what its model makes (its spec's products)."""
     if config.bundle is not None:
-        from factory.models.bundle import read_metadata
+        from factory.models import registry
+        from factory.models.bundle import METADATA_NAME, read_metadata
+        from factory.models.spec import PairSampling
 
         bundle = read_metadata(config.bundle)  # its sha256 joins the run's identity
+        model = registry.spec(bundle["recipe"])
+        if model.product(PairSampling) is None:
+            makes = ", ".join(model.product_kinds) or "nothing to produce"
+            raise BadInputError(storage.join(config.bundle, METADATA_NAME),
+                                f"a {bundle['recipe']} bundle makes {makes}, not image/report pairs"
+                                + (" (use medsynth translate)" if "translations" in model.product_kinds else ""))
         labels = label_policy(config.labels)
         if isinstance(labels, dict) and sum(labels.values()) != config.count:
             raise BadInputError(config.labels, f"label counts add up to {sum(labels.values())}, "
                                                f"not the run's count {config.count}")
-        producer = {"type": "bundle-pairs", "bundle": storage.absolute(config.bundle), "bundle_sha256": bundle["sha256"],
-                    "labels": labels, "count": config.count}
+        producer: ProducerSpec = BundlePairs(bundle=storage.absolute(config.bundle), bundle_sha256=bundle["sha256"],
+                                             labels=labels, count=config.count)
         name = bundle["recipe"]
     else:
-        producer = {"type": config.source, "size": config.size}
+        producer = PhantomPairs(size=config.size)
         name = config.source
     gates = [gate.model_dump(exclude_none=True) for gate in config.gates]
-    settings = {"producer": producer, "shard_size": config.shard_size, "batch_size": config.batch_size, "gates": gates}
+    settings = {"producer": producer.echo(), "shard_size": config.shard_size, "batch_size": config.batch_size,
+                "gates": gates}
     # Same settings, same run id: running the same command again resumes instead of starting over.
     run_id = config.run_id or f"{name}-s{config.seed}-{canonical_sha256([settings, config.count])[:8]}"
     spec = RunSpec(run_id=run_id, requested=config.count, shard_size=config.shard_size, seed=config.seed,
-                   sample_kind="pair", config=settings, command=command)
+                   sample_kind=producer.sample_kind, config=settings, command=command)
     return producer, spec
 
 
@@ -68,27 +80,26 @@ def translation_spec(config: TranslateConfig, command: str = "", progress: bool 
     every study's slice count), so translating changed data or with another bundle is another run."""
     from factory.models import registry
     from factory.models.bundle import METADATA_NAME, read_metadata
-    from factory.produce.producers import TranslationProducer
+    from factory.models.spec import Translation
     from factory.produce.translate_plan import build_plan
 
     bundle = read_metadata(config.bundle)
     model_config = bundle["model_config"]
-    module = registry.model_module(bundle["recipe"])
-    if not model_config.get("sources") or not all(hasattr(module, f) for f in TranslationProducer.MODEL_FUNCTIONS):
+    if registry.spec(bundle["recipe"]).product(Translation) is None:
         raise FactoryError(f"{storage.join(config.bundle, METADATA_NAME)}: a {bundle['recipe']} bundle does not "
-                           "translate images (translation needs a duiit bundle)")
+                           "translate images (translation needs a bundle of a model that translates, e.g. duiit)")
     plan = build_plan(config.source, model_config["sources"], config.modality, progress=progress)
-    producer = {"type": "bundle-translation", "bundle": storage.absolute(config.bundle),
-                "bundle_sha256": bundle["sha256"], "source": plan.root, "modality": config.modality,
-                "image_size": model_config["image_size"], "plan_sha256": plan.sha256,
-                "studies": len(plan.studies), "volumes": len(plan.volumes())}
-    settings = {"producer": producer, "shard_size": config.shard_size, "batch_size": config.batch_size}
+    producer = BundleTranslation(bundle=storage.absolute(config.bundle), bundle_sha256=bundle["sha256"],
+                                 source=plan.root, modality=config.modality, image_size=model_config["image_size"],
+                                 plan_sha256=plan.sha256, studies=len(plan.studies), volumes=len(plan.volumes()),
+                                 plan=plan.document)
+    settings = {"producer": producer.echo(), "shard_size": config.shard_size, "batch_size": config.batch_size}
     # Same settings, same run id: running the same command again resumes instead of starting over.
     run_id = config.run_id or f"translate-{bundle['recipe']}-s{config.seed}-{canonical_sha256(settings)[:8]}"
     spec = RunSpec(run_id=run_id, requested=plan.count, shard_size=config.shard_size, seed=config.seed,
-                   sample_kind="translation", config=settings, command=command)
+                   sample_kind=producer.sample_kind, config=settings, command=command)
     identity = {"bundle_id": bundle["bundle_id"], "bundle_sha256": bundle["sha256"]}
-    return {**producer, "plan": plan.document}, spec, plan, identity
+    return producer, spec, plan, identity
 
 
 def run_translation(config: TranslateConfig, command: str = "", progress: bool = True,

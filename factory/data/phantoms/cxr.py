@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -69,6 +69,15 @@ def generate_study(seed: int, index: int, size: int = 128, prevalence: Mapping[s
         seed=seed,
         index=index,
     )
+
+
+def phantom_reports(seed: int, count: int) -> Iterator[str]:
+    """The reports of studies 0..count-1 of a phantom dataset, without drawing their films (findings
+    and wording are drawn from the same streams as `generate_study`'s)."""
+    prevalence = resolve_prevalence(None)
+    for index in range(count):
+        findings = sample_findings(np.random.default_rng([seed, index, 0]), prevalence)
+        yield write_report(findings, np.random.default_rng([seed, index, 2]))
 
 
 def write_dataset(out: str, count: int, size: int = 128, layout: str = "mimic-cxr", seed: int = 0,

@@ -1,6 +1,6 @@
-"""Training recipes by name: each declares the training data it needs, builds its networks, names their
+"""Training recipes: each declares the training data it needs, builds its networks, names their
 optimiser settings and learning-rate schedule and runs one training step through engines
-(factory.train.engines), knowing nothing of Ray or storage. `Recipe` is the protocol the runner uses."""
+(factory.train.engines), knowing nothing of Ray or storage. `Recipe` is the protocol the runner uses; a model's spec (factory.models.spec) names its recipe class."""
 
 from __future__ import annotations
 
@@ -16,13 +16,6 @@ if TYPE_CHECKING:
     from factory.data.cache import CachedDataset
     from factory.train.data import TrainingData
     from factory.train.engines import Engine
-
-# name -> "module:class"
-RECIPES: dict[str, str] = {
-    "emixer": "factory.train.recipes.emixer:EmixerRecipe",
-    "duiit": "factory.train.recipes.duiit:DUIITRecipe",
-}
-
 
 class Recipe(Protocol):
     """What the runner asks of a recipe, in the order it asks.
@@ -62,9 +55,19 @@ class Recipe(Protocol):
         """{"label_names": [...], "vocabulary": JSON or None, "training_data": {extra fields}}."""
 
 
+def trainable() -> list[str]:
+    """The models that have a training recipe."""
+    from factory.models import registry
+
+    return [name for name in registry.names() if registry.spec(name).recipe]
+
+
 def get_recipe(name: str) -> Recipe:
-    """A fresh recipe object for `name`."""
-    if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
-    module_name, class_name = RECIPES[name].split(":")
+    """A fresh recipe object for model `name` (KeyError naming the trainable models when it has none)."""
+    from factory.models import registry
+
+    recipe = registry.spec(name).recipe if name in registry.GENERATORS else None
+    if recipe is None:
+        raise KeyError(f"no training recipe for {name!r}; trainable: {trainable()}")
+    module_name, class_name = recipe.split(":")
     return getattr(importlib.import_module(module_name), class_name)()

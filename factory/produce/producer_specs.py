@@ -1,0 +1,94 @@
+"""Typed producer specs: what the driver hands to every actor and echoes into the manifest.
+
+Each spec is a validated pydantic model with its own `build(seed)`, which the actor calls once to get
+its producer (loading a bundle there). Its JSON form (`echo()`) is what a run's identity hashes and
+its manifest shows, unchanged since producers were plain dicts, so runs made before resume as the
+same runs; `parse_producer` reads one back from a manifest. A bundle's producer is chosen by the
+product its model's spec declares (factory.models.spec), never by the model's name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+if TYPE_CHECKING:
+    from factory.produce.producers import Producer
+
+
+class _ProducerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample_kind: ClassVar[str]
+
+    def echo(self) -> dict[str, Any]:
+        """The JSON the manifest shows and the run id hashes."""
+        return self.model_dump(mode="json")
+
+    def build(self, seed: int) -> Producer:
+        raise NotImplementedError
+
+
+class PhantomPairs(_ProducerSpec):
+    """Phantom chest X-ray studies with their reports (no bundle): demo, tests, capacity work."""
+
+    sample_kind: ClassVar[str] = "pair"
+    type: Literal["phantom-cxr"] = "phantom-cxr"
+    size: int = Field(128, ge=16, le=1024)
+
+    def build(self, seed: int) -> Producer:
+        from factory.produce.producers import PhantomPairProducer
+
+        return PhantomPairProducer(seed, size=self.size)
+
+
+class BundlePairs(_ProducerSpec):
+    """Image/report pairs from a bundle whose model makes pairs (factory.models.spec.PairSampling)."""
+
+    sample_kind: ClassVar[str] = "pair"
+    type: Literal["bundle-pairs"] = "bundle-pairs"
+    bundle: str
+    bundle_sha256: str | None = Field(None, description="the bundle the run was planned with (its identity)")
+    labels: str | dict[str, int] = Field("balanced", description="label policy: balanced, prior or counts")
+    count: int = Field(gt=0)
+
+    def build(self, seed: int) -> Producer:
+        from factory.produce.producers import BundlePairProducer
+
+        return BundlePairProducer(seed, self.bundle, self.labels, self.count)
+
+
+class BundleTranslation(_ProducerSpec):
+    """A source dataset's slices translated into CT by a bundle whose model translates
+    (factory.models.spec.Translation), along the run's slice plan."""
+
+    sample_kind: ClassVar[str] = "translation"
+    type: Literal["bundle-translation"] = "bundle-translation"
+    bundle: str
+    bundle_sha256: str
+    source: str
+    modality: Literal["mri", "pet"] | None = None
+    image_size: int = Field(gt=0)
+    plan_sha256: str
+    studies: int = Field(ge=0)
+    volumes: int = Field(ge=0)
+    # The whole plan travels to the actors; the manifest shows its sha256 and counts only.
+    plan: dict[str, Any] | None = Field(None, exclude=True)
+
+    def build(self, seed: int) -> Producer:
+        from factory.errors import FactoryError
+        from factory.produce.producers import TranslationProducer
+
+        if self.plan is None:
+            raise FactoryError(f"translation of {self.source}: the producer was handed no slice plan")
+        return TranslationProducer(self.bundle, self.bundle_sha256, self.plan)
+
+
+ProducerSpec = Annotated[Union[PhantomPairs, BundlePairs, BundleTranslation], Field(discriminator="type")]
+_ADAPTER: TypeAdapter[ProducerSpec] = TypeAdapter(ProducerSpec)
+
+
+def parse_producer(data: dict[str, Any]) -> ProducerSpec:
+    """A producer spec from its JSON (a manifest's `config.producer`); pydantic's ValidationError if invalid."""
+    return _ADAPTER.validate_python(data)
