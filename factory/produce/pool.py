@@ -30,7 +30,8 @@ from factory.produce.writer import committed_shards
 log = logging.getLogger(__name__)
 
 # glibc returns every large tensor buffer to the kernel (mmap/munmap per allocation) by default; on
-# CPU generators that costs more than the maths. Keeping freed memory in the heap avoids it.
+# CPU generators that can cost more than the maths (docs/bench/produce.md). Keeping freed memory in
+# the heap avoids it.
 ACTOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 MAX_ACTOR_REPLACEMENTS = 8
 
