@@ -27,7 +27,7 @@ STEPS = 6
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="medsynth-demo", help="output folder or URL (default: ./medsynth-demo)")
     parser.add_argument("--studies", type=int, default=2000, help="phantom studies to train on")
-    # 24 steps: the EMIXER stage is ~4 of the demo's ~9 minutes at 40 on 2 slow cores (2026-11-27).
+    # 24 steps keep the whole demo under its 10 minutes on 2 cores (stage timings: docs/bench/demo.md).
     parser.add_argument("--steps", type=int, default=24, help="training steps")
     parser.add_argument("--count", type=int, default=2000, help="pairs to produce")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")

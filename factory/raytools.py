@@ -17,7 +17,9 @@ def ray_worker_env() -> dict[str, str]:
     """Environment variables of every Ray worker that runs models (production actors, training workers).
 
     glibc returns every large tensor buffer to the kernel (mmap/munmap per allocation) by default; on
-    CPU generators that costs more than the maths. Keeping freed memory in the heap avoids it."""
+    CPU generators that can cost more than the maths (docs/bench/produce.md). Keeping freed memory in
+    the heap avoids it."""
+
     return {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 

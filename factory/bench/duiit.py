@@ -3,10 +3,10 @@
   medsynth bench duiit [--seeds 3] [--ct 300] [--test 500] [--mri 1000] [--pet 1000] [--size 64]
                        [--steps 300] [--batch 8] [--t-steps 400] [--t-batch 4] [--jobs 3] [--configs ...]
 
-The experiment of the DUIIT paper (../shared/papers/duiit-cross-modal.txt, section 4, Tables 2-4) on
-phantoms: a small real CT set (`--ct` 2-D slices), larger MRI and PET sets (`--mri`, `--pet`) of other
-patients (the phantom draws every modality's patients apart: unpaired), and `--test` held-out real CT
-slices of yet other patients. Every number is the mean squared error of the predicted physiological
+The experiment of the DUIIT paper ("Discriminative Cross-Modal Data Augmentation for Medical Imaging
+Applications", section 4, Tables 2-4; see docs/models.md) on phantoms: a small real CT set (`--ct`
+2-D slices), larger MRI and PET sets (`--mri`, `--pet`) of other patients (the phantom draws every
+modality's patients apart: unpaired), and `--test` held-out real CT slices of yet other patients. Every number is the mean squared error of the predicted physiological
 age on the held-out real CTs, in years², as mean ± standard deviation over `--seeds` seeds; each seed
 draws new patients (phantom seed = benchmark seed) and new initial weights, and retrains everything
 (translators included), as the paper's 10 random splits.
@@ -46,18 +46,16 @@ method, and this benchmark measures the method. Data come the way `medsynth trai
 phantoms written as NIfTI and read back through the volume adapter (factory.data.training.open_part).
 Seeds run in `--jobs` processes (one torch thread each by default).
 
-Sizes are chosen for every configuration x 3 seeds in about half an hour on 2 shared CPU cores (32
-minutes at load ~5 with 3 seed processes; the MIX-CT-MRI-PET translator run is the critical path): 64 px
-slices, small translators (`--g-width 8 --g-blocks 2 --d-width 8`; CycleGAN's are 64, 6 blocks and 64), a
-few hundred translator steps (CycleGAN trains for ~10^5), and the small CNN of the brain-age benchmark
-(factory.bench.brain_age) as the regressor instead of the recipe's ResNet-18 (`--predictor resnet18`:
-about 20x the compute). Wider translators keep more of the age: with `--g-width 32 --d-width 32` the
-PURE-CT regressor reads the MRI+PET translations with 178 and 159 years² of error instead of 1747 and
-1663, and MIX-CT-MRI-PET is 1.02x PURE-CT instead of 1.27x (3 seeds, docs/bench/duiit.md), but the
-translators take about 5x as long (the unsupervised CycleGAN stage 27 minutes instead of 5.5; all
-configurations about an hour and a half). Writes `--out` (JSON: settings, machine, per-seed errors and
-wall times), the same stem with .md (the tables) and `--picture` (source / translated / real CT slices
-from seed 0's MIX-CT-MRI-PET model).
+Sizes are chosen for every configuration x 3 seeds to run in about half an hour on 2 shared CPU cores
+(the MIX-CT-MRI-PET translator run is the critical path): 64 px slices, small translators
+(`--g-width 8 --g-blocks 2 --d-width 8`; CycleGAN's are 64, 6 blocks and 64), a few hundred translator
+steps (CycleGAN trains for ~10^5), and the small CNN of the brain-age benchmark
+(factory.bench.brain_age) as the regressor instead of the recipe's ResNet-18 (`--predictor resnet18`,
+many times the compute). Wider translators (`--g-width 32 --d-width 32`) keep more of the age, at
+several times the translators' cost. Results at both widths and what each size costs:
+docs/bench/duiit.md. Writes `--out` (JSON: settings, machine, per-seed errors and wall times), the same
+stem with .md (the tables) and `--picture` (source / translated / real CT slices from seed 0's
+MIX-CT-MRI-PET model).
 """
 
 from __future__ import annotations
@@ -82,6 +80,8 @@ PURE, AUGMENT = "PURE-CT", "Simple Augment"
 SOURCE_SETS = {"MRI": ("mri",), "PET": ("pet",), "MRI-PET": ("mri", "pet")}
 CONFIGS = (PURE, AUGMENT, *(f"CycleGAN {s}" for s in SOURCE_SETS), *(f"MIX-CT-{s}" for s in SOURCE_SETS))
 PREDICTORS = ("small", "resnet18")
+PAPER = ("Discriminative Cross-Modal Data Augmentation for Medical Imaging Applications "
+         "(under review at ICLR 2021), Tables 2-4")
 
 
 @dataclass
@@ -322,7 +322,7 @@ def train_regressor(data: Phantoms, extra: Mapping[str, torch.Tensor], settings:
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
     streams = _streams(data, tuple(extra), seed)
     generator = torch.Generator().manual_seed(seed * 1000 + 7)
-    # Dropout draws from the global generator: unseeded, two identical runs differed by several years².
+    # Dropout draws from the global generator: unseeded, two identical runs differed (docs/bench/duiit.md).
     with global_rng_seeded(seed * 1000 + 8):
         for step in range(settings.steps):
             for group in optimiser.param_groups:
@@ -640,7 +640,7 @@ def run(settings: Settings, picture: str | None, log=print) -> dict[str, Any]:
     summary = summarise(per_seed, configs)
     result: dict[str, Any] = {
         "task": "physiological age from one axial CT slice (brain phantoms); DUIIT translation of MRI/PET into CT",
-        "paper": "../shared/papers/duiit-cross-modal.txt, Tables 2-4",
+        "paper": PAPER,
         "metric": "mean squared error of the predicted age on held-out real CT slices, years²",
         "settings": asdict(settings),
         "summary": summary,

@@ -9,9 +9,9 @@ a table. With no --bundle, an untrained EMIXER bundle of the requested size is m
 the shape and cost of a trained one.
 
 The generator-alone, pool and Ray Data measurements run in `--rounds` interleaved rounds and every
-ratio is the median of its per-round values: on a shared host the speed of a core drifts by 10-25 %
-over minutes, more than the effects measured, so a ratio of two measurements taken minutes apart
-says little.
+ratio is the median of its per-round values: on a shared host the speed of a core drifts over minutes
+by more than the effects measured (docs/bench/produce.md), so a ratio of two measurements taken
+minutes apart says little.
 """
 
 from __future__ import annotations
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     stages["naive loop (1 process)"] = naive_loop(bundle, args.count, args.batch, os.path.join(scratch, "naive"))
     ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     shard = max(args.count // 8, 1)
-    # This machine's speed drifts by 10-25 % over minutes (shared host): each ratio compares
+    # A shared host's speed drifts over minutes (docs/bench/produce.md): each ratio compares
     # measurements taken next to each other, round after round, and the medians are reported.
     rounds = []
     for r in range(args.rounds):

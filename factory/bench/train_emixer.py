@@ -53,18 +53,17 @@ import numpy as np
 from factory.data.labels import CXR_LABELS
 
 # EMIXER at 64 px on CPU workers: the production config's widths (jobs/configs/train.yaml), sentences
-# capped at 20 tokens (99 % of phantom sentences are shorter). This run has a few hundred steps, not
-# the paper's 400k at batch 512, so: G at 2e-4 instead of 5e-5; F at 2e-3 (its likelihood term is
-# what teaches it to write; its loss fell 2-3x faster per step in a probe at 2e-3 than at 1e-3, but
-# that probe also changed Adam's β1, so how much is the learning rate's is not known); the report
-# and joint adversarial terms at 0.1 (at 1.0 their straight-through gradients drowned F's likelihood
-# term early on: word NLL 3.2 vs 1.8 after 200 steps in probes, and "no. no. no." reports).
+# capped at 20 tokens (nearly all phantom sentences are shorter). This run has a few hundred steps,
+# not the paper's 400k at batch 512, so: G at 2e-4 instead of 5e-5; F at 2e-3 (its likelihood term is
+# what teaches it to write, and it fell faster per step at 2e-3 than at 1e-3 in a probe that also
+# changed Adam's β1); the report and joint adversarial terms at 0.1 (at 1.0 their straight-through
+# gradients drowned F's likelihood term early on, and F wrote "no. no. no." reports).
 # F's encoder is a ResNet-10 with batch norm, and G is also asked that F's label head read its
 # conditioning labels (label_consistency_weight, not in the paper). Why: trained alone as a
-# classifier for 200 steps of 32 phantoms, the BigGAN trunk the discriminators use reaches macro-AUC
-# 0.58-0.64, a ResNet-18 0.82, so the projection term cannot teach G findings faster than that.
-# Probe at 8 CPU-minutes, one process: judge macro-AUC of G's images 0.579 (55 steps) with these two
-# changes vs 0.525 (64 steps) without, run side by side.
+# classifier, the BigGAN trunk the discriminators use reads the findings far worse than a ResNet, so
+# the projection term cannot teach G findings faster than that; side by side, the two changes gave
+# G's images a higher judge macro-AUC at equal CPU. The probes and their figures:
+# docs/bench/train_emixer.md.
 BENCH_MODEL: dict[str, Any] = {
     "g_width": 16, "d_width": 16, "f_encoder": "resnet10", "hidden": 128, "word_layers": 2, "max_words": 20,
     "report_weight": 0.1, "joint_weight": 0.1, "label_consistency_weight": 1.0,
@@ -300,8 +299,8 @@ def run_segment(config) -> dict[str, Any]:
 class SegmentPlanner:
     """Steps for the next segment so that the remaining segments share the remaining CPU evenly:
     steps = (share - start-up CPU) / (CPU per step x (1 + margin)), both estimated from the segments
-    so far; the margin covers the machine's drift (the cost per step rose 6 % from the first segment
-    to the second in one run here, which put its end 1.7 CPU-minutes past the budget)."""
+    so far; the margin covers the machine's drift (a run that overshot its budget without it:
+    docs/bench/train_emixer.md)."""
 
     budget_s: float
     segments: int
@@ -347,7 +346,7 @@ def learning(args) -> dict[str, Any]:
 
     storage = os.path.join(work, "runs")
     # The phantom training set is generated and cached once, here, outside the training budget (as the
-    # judge is; about 20 CPU-s at 5000 studies), so no segment's start-up includes it.
+    # judge is), so no segment's start-up includes it.
     cpu = meter.seconds()
     prepare_data(train_config(args, RUN_NAME, storage, 1), get_recipe("emixer"))
     data_cpu = meter.seconds() - cpu

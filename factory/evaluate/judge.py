@@ -247,8 +247,8 @@ def train_judge(out: str, *, data: JudgeData | None = None, count: int = 10000, 
     batch order, so the same arguments on the same machine give the same judge.
 
     Defaults (10,000 phantoms, 3 epochs: 375 steps) were chosen on this 2-CPU machine: for a fixed
-    number of steps, more distinct studies beat more epochs for an 11M-parameter ResNet (3,000 x 6
-    epochs reached macro-AUC 0.88, 10,000 x 3 reach 0.92; docs/bench/judge.md)."""
+    number of steps, more distinct studies beat more epochs for an 11M-parameter ResNet (figures:
+    docs/bench/judge.md)."""
     from factory.models import registry
     from factory.models.bundle import write_bundle
 

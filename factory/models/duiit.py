@@ -1,4 +1,4 @@
-"""DUIIT networks (discriminative unpaired image-to-image translation, ../shared/papers/duiit-cross-modal.txt).
+"""DUIIT networks (discriminative unpaired image-to-image translation; the paper and deviations: docs/models.md).
 
 A CycleGAN translator per source modality (MRI, PET or both) into CT, trained jointly with a ResNet
 regressor of physiological age on CT. Networks, as the paper takes them from CycleGAN (Zhu et al.):

@@ -54,8 +54,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "f_width": 16,
     # F's image encoder: "biggan" (the discriminators' trunk, f_width wide) or a torchvision ResNet
     # with batch norm, "resnet10" or "resnet18" (a classifier backbone, as the paper's DenseNet is;
-    # trained alone on 200 batches of 32 phantoms, a ResNet-18 reads the findings at macro-AUC 0.82,
-    # the BigGAN trunk at 0.58-0.64).
+    # it reads the findings far better than the BigGAN trunk when trained alone: docs/bench/train_emixer.md).
     "f_encoder": "biggan",
     "image_feature": 512,
     "word_embedding": 128,

@@ -3,7 +3,7 @@
 Patient n of modality m depends only on (seed, m, n): the anatomy stream is seeded by [seed, m, n, 0]
 and the scanner (contrast jitter, noise) by [seed, m, n, 1]. Patients are therefore drawn independently
 per modality: CT patient 7 and MRI patient 7 are different people, so the data are unpaired, as in
-DUIIT (../shared/papers/duiit-cross-modal.txt).
+DUIIT (docs/models.md).
 
 Image axes: (rows, columns) for a slice, (slices, rows, columns) for a volume. Row 0 is anterior,
 column 0 is the patient's right (radiological convention), slice 0 is the most inferior.

@@ -1,6 +1,7 @@
 """DUIIT training: CycleGAN translators into CT, trained jointly with a CT age regressor, engine-agnostic.
 
-The paper's objective (../shared/papers/duiit-cross-modal.txt, eqs. 1-3), per source modality s:
+The paper's objective ("Discriminative Cross-Modal Data Augmentation for Medical Imaging
+Applications", eqs. 1-3; docs/models.md), per source modality s:
     L = L_adv(D_t, G) + L_adv(D_s, F) + λcyc (|F(G(y)) - y|_1 + |G(F(x)) - x|_1) + λ L_pred(G, P)
     L_pred = sum over sources of l(P(G(y_i)), r_i) + sum over CTs of l(P(x_i), r_i)
 with x real CTs, y source images (MRI or PET, other patients: unpaired), r physiological ages, l the
