@@ -19,7 +19,6 @@ def ray_worker_env() -> dict[str, str]:
     glibc returns every large tensor buffer to the kernel (mmap/munmap per allocation) by default; on
     CPU generators that can cost more than the maths (docs/bench/produce.md). Keeping freed memory in
     the heap avoids it."""
-
     return {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
