@@ -45,7 +45,15 @@ def _run(manifest: dict, root: Path) -> dict:
 def reference_digests(root: Path) -> dict:
     from factory.cli import main
     from factory.config import ProduceConfig, TranslateConfig
-    from factory.produce.runs import run_production, run_translation
+    from factory.produce.runs import production_spec, run_translation
+    from factory.produce.writer import write_run
+
+    def produced(config: ProduceConfig) -> dict:
+        # Written in this process: the pool writes the same bytes (tests/test_pool.py), and an actor's
+        # start would double this test's time.
+        producer, spec = production_spec(config)
+        samples = producer.build(spec.seed).make_batch(range(config.count))
+        return write_run(samples, config.out, spec, progress=False)
 
     digests: dict = {"bundles": {}, "runs": {}}
     emixer, digests["bundles"]["emixer"] = _bundle(root, "emixer", width=4)
@@ -54,10 +62,10 @@ def reference_digests(root: Path) -> dict:
 
     phantom = ProduceConfig(source="phantom-cxr", count=12, size=SIZE, shard_size=5, batch_size=4, seed=3,
                             out=str(root / "phantom"), run_id="seam-phantom")
-    digests["runs"]["phantom-cxr"] = _run(run_production(phantom, progress=False), root)
+    digests["runs"]["phantom-cxr"] = _run(produced(phantom), root)
     pairs = ProduceConfig(bundle=emixer, count=12, shard_size=5, batch_size=4, seed=3, out=str(root / "pairs"),
                           run_id="seam-pairs")
-    digests["runs"]["emixer-pairs"] = _run(run_production(pairs, progress=False), root)
+    digests["runs"]["emixer-pairs"] = _run(produced(pairs), root)
 
     source = str(root / "brain")
     for modality, dims, seed in (("mri", 2, 1), ("pet", 2, 2), ("mri", 3, 3)):
