@@ -1,7 +1,8 @@
 """factory.evaluate.augment: EMIXER's augmentation study on a tiny phantom set, where the "synthetic" run
-is produced from the phantom itself (other studies of the same simulator), so adding it must help a
-classifier that has only 8 real studies. Checks the result's structure, that S=0 is the real-only
-baseline, determinism (same seeds, same numbers, whatever else is in the study), the table and the plot."""
+is produced from the phantom itself (other studies of the same simulator). Checks the result's
+structure, that S=0 is the real-only baseline, determinism (same seeds, same numbers, whatever else is
+in the study), the table and the plot on one seed; that adding the run helps a classifier that has only
+8 real studies is a measurement over 3 seeds and 400 test studies, marked slow."""
 
 import json
 import math
@@ -19,10 +20,9 @@ from factory.produce.writer import write_run
 from shard_helpers import spec
 
 SIZE = 32  # the smallest side the judge's ResNet takes
-# 400 held-out studies: with 64 the AUC of one seed moves by a few hundredths with the CPU's float kernels.
-TINY = dict(real_counts=[8], test_count=400, epochs=3, batch_size=16, size=SIZE, progress=False)
+TINY = dict(real_counts=[8], test_count=64, epochs=3, batch_size=16, size=SIZE, progress=False)
 PNG = b"\x89PNG\r\n\x1a\n"
-SEEDS = [0, 1, 2]
+SEEDS = [1]
 EPOCH_SIZE = 8 + 64  # the main study's default (max R + max S), given explicitly to the re-runs
 
 
@@ -57,25 +57,35 @@ def run_of(result, seed, synthetic):
     return next(r for r in result["runs"] if r["seed"] == seed and r["synthetic"] == synthetic)
 
 
-def test_result_structure_and_synthetic_phantoms_help(study):
+@pytest.mark.slow
+def test_synthetic_phantoms_help(one_thread, real, phantom_run):
+    # 400 held-out studies: with 64 the AUC of one seed moves by a few hundredths with the CPU's float kernels.
+    seeds = [0, 1, 2]
+    study = augmentation_study(real, phantom_run, synthetic_counts=[0, 64], seeds=seeds, **{**TINY, "test_count": 400})
+    _, augmented = study["arms"]
+    # 8 real studies teach a from-scratch ResNet next to nothing (macro-AUC about 0.5); 64 more of the same
+    # simulator teach it something in the same 15 updates (here +0.02 to +0.07, seed by seed).
+    assert augmented["delta_macro_auc"]["mean"] > 0.02
+    assert all(run_of(study, s, 64)["macro_auc"] > run_of(study, s, 0)["macro_auc"] for s in seeds)
+
+
+def test_result_structure(study):
     settings = study["settings"]
     assert settings["real_counts"] == [8] and settings["synthetic_counts"] == [0, 64] and settings["seeds"] == SEEDS
     assert settings["updates_per_arm"] == 3 * math.ceil(EPOCH_SIZE / 16) and settings["label_names"] == list(CXR_LABELS)
     assert settings["synthetic"]["count"] == 80 and settings["synthetic"]["run_id"] == "phantom-run"
     assert [(a["real"], a["synthetic"]) for a in study["arms"]] == [(8, 0), (8, 64)]
-    assert len(study["runs"]) == 6
+    assert len(study["runs"]) == 2
     for arm in study["arms"]:
-        assert arm["seeds"] == 3 and set(arm["auc"]) == set(CXR_LABELS)
-        assert 0.0 <= arm["macro_auc"]["mean"] <= 1.0 and arm["macro_auc"]["std"] >= 0.0
+        assert arm["seeds"] == 1 and set(arm["auc"]) == set(CXR_LABELS)
+        assert 0.0 <= arm["macro_auc"]["mean"] <= 1.0
         assert arm["macro_auc"]["mean"] == pytest.approx(np.mean([run_of(study, s, arm["synthetic"])["macro_auc"]
                                                                   for s in SEEDS]))
     json.dumps(study)  # JSON-ready (undefined AUCs are None, not NaN)
     baseline, augmented = study["arms"]
     assert baseline["delta_macro_auc"]["mean"] == 0.0
-    # 8 real studies teach a from-scratch ResNet next to nothing (macro-AUC about 0.5); 64 more of the same
-    # simulator teach it something in the same 15 updates (here +0.02 to +0.07, seed by seed).
-    assert augmented["delta_macro_auc"]["mean"] > 0.02
-    assert all(run_of(study, s, 64)["macro_auc"] > run_of(study, s, 0)["macro_auc"] for s in SEEDS)
+    assert augmented["delta_macro_auc"]["mean"] == pytest.approx(run_of(study, 1, 64)["macro_auc"]
+                                                                 - run_of(study, 1, 0)["macro_auc"])
 
 
 def test_train_and_test_studies_are_disjoint_per_seed(real):
