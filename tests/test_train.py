@@ -95,6 +95,7 @@ def test_killed_job_resumes_from_newest_checkpoint(ray_local, tmp_path):
     assert job.poll() is None, "the job ended before it could be killed"
     os.killpg(job.pid, signal.SIGKILL)  # the driver and everything it started, without warning
     job.wait()
+    _wait_until_unchanged(run_dir)
     assert json.loads(snapshot_path.read_text()), "no checkpoint was committed before the kill"
     # The newest step written (registered or not): the resumed run need only go two steps past it.
     newest = max(json.loads(state.read_text())["step"] for state in run_dir.glob("checkpoint_*/runner_state.json"))
@@ -105,6 +106,19 @@ def test_killed_job_resumes_from_newest_checkpoint(ray_local, tmp_path):
     assert f"step {newest + 2} of {newest + 2}" in resumed
     bundle = load_bundle(str(tmp_path / "bundle"))  # exported once, at the resumed run's end
     assert bundle.metadata["metrics"]["steps"] == newest + 2
+
+
+def _wait_until_unchanged(run_dir: Path, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:
+    """Ray Train's workers are not in the driver's process group: they go when Ray notices the driver
+    died, and may register one more checkpoint before. Wait until the run folder stops changing."""
+    def state():
+        return sorted((str(p), p.stat().st_mtime_ns) for p in run_dir.glob("checkpoint*"))
+
+    deadline, last, since = time.monotonic() + limit_s, state(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
+        time.sleep(0.5)
+        if (now := state()) != last:
+            last, since = now, time.monotonic()
 
 
 def test_config_errors_name_the_file_and_field(tmp_path):
