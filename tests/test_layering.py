@@ -1,4 +1,5 @@
-"""The package's import graph: no cycles, and nothing outside factory/bench imports the benchmarks.
+"""The package's import graph: no cycles, imports point down the layers, and nothing outside factory/bench
+imports the benchmarks.
 
 Every `import` and `from ... import` statement counts, at module level or inside a function (a lazy
 import hides a cycle from Python, not from the design). Names held as strings and imported through a
@@ -99,4 +100,26 @@ def test_only_the_benchmarks_import_the_benchmarks():
     offenders = sorted(f"{name} imports {target}" for name, targets in import_graph().items()
                        if not name.startswith("factory.bench")
                        for target in targets if target == "factory.bench" or target.startswith("factory.bench."))
+    assert not offenders, "; ".join(offenders)
+
+
+# Dependencies point one way: cli/jobs -> train/produce/evaluate -> models/data/stream -> the base modules.
+LAYERS = (
+    ("factory.cli", "factory.demo", "factory.__main__", "factory.bench"),
+    ("factory.train", "factory.produce", "factory.evaluate"),
+    ("factory.models", "factory.data", "factory.stream"),
+)
+
+
+def layer_of(module: str) -> int:
+    """0 for the top layer ... len(LAYERS) for the base modules (storage, config, validation, ...)."""
+    for depth, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return depth
+    return len(LAYERS)
+
+
+def test_imports_point_down_the_layers():
+    offenders = sorted(f"{name} imports {target}" for name, targets in import_graph().items()
+                       for target in targets if layer_of(target) < layer_of(name))
     assert not offenders, "; ".join(offenders)

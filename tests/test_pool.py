@@ -14,7 +14,7 @@ import pytest
 
 from factory import storage
 from factory.errors import BadInputError
-from factory.produce.manifest import read_manifest
+from factory.run_manifest import read_manifest
 from factory.produce.pool import produce
 from factory.produce.producer_specs import PhantomPairs
 from factory.produce.producers import PhantomPairProducer

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.produce.manifest import read_manifest
+from factory.run_manifest import read_manifest
 from factory.produce.verify import verify_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from factory import storage
 from factory.errors import FactoryError
-from factory.produce.manifest import read_manifest
+from factory.run_manifest import read_manifest
 from factory.produce.shards import shard_name, sidecar_name
 from factory.produce.verify import verify_run
 from factory.produce.writer import write_run

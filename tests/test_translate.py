@@ -18,7 +18,7 @@ from PIL import Image
 from factory.cli import main
 from factory.config import TranslateConfig
 from factory.errors import BadInputError, FactoryError
-from factory.produce.manifest import read_manifest
+from factory.run_manifest import read_manifest
 from factory.produce.runs import run_translation
 from factory.produce.translate_plan import build_plan
 from factory.produce.verify import verify_run

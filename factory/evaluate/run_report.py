@@ -414,7 +414,7 @@ def evaluate_run(run_url: str, out_html: str, *, judge_url: str, real=None, trai
     from factory import storage
     from factory.data.phantoms.dataset import PhantomCxrDataset
     from factory.evaluate.judge import Judge
-    from factory.produce.manifest import read_manifest
+    from factory.run_manifest import read_manifest
 
     manifest = read_manifest(run_url)
     judge = Judge.load(judge_url)

@@ -9,7 +9,7 @@ from typing import Any
 
 from factory import storage
 from factory.errors import BadInputError
-from factory.produce.manifest import read_manifest
+from factory.run_manifest import read_manifest
 from factory.produce.samples import sample_key
 from factory.produce.shards import read_tar_members
 from factory.produce.verify import verify_run

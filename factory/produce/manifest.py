@@ -8,13 +8,10 @@ from typing import Any, Iterable
 
 from factory import storage
 from factory.errors import BadInputError, FactoryError
-from factory.produce.shards import MANIFEST_NAME, RunSpec, check_belongs
+from factory.produce.shards import RunSpec, check_belongs
 from factory.storage import StorageOptions
+from factory.run_manifest import manifest_url, read_manifest
 from factory.validation import SCHEMA_VERSION, dump_json, parse_json
-
-
-def manifest_url(out: str) -> str:
-    return storage.join(out, MANIFEST_NAME)
 
 
 def build_manifest(spec: RunSpec, records: Iterable[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -50,18 +47,6 @@ def build_manifest(spec: RunSpec, records: Iterable[dict[str, Any]], extra: dict
 def write_manifest(out: str, manifest: dict[str, Any], storage_options: StorageOptions = None) -> None:
     url = manifest_url(out)
     storage.atomic_put(url, dump_json(manifest, "manifest", url), storage_options)
-
-
-def read_manifest(out: str, storage_options: StorageOptions = None) -> dict[str, Any]:
-    """Parse and validate `{out}/manifest.json`; errors name the file and the field."""
-    url = manifest_url(out)
-    if not storage.exists(url, storage_options):
-        raise BadInputError(url, "no manifest: not a finished run (run the same command again to resume)")
-    manifest = parse_json(storage.read_bytes(url, storage_options), "manifest", url)
-    for position, record in enumerate(manifest["shards"]):
-        if record["run_id"] != manifest["run_id"] or record["index"] != position:
-            raise BadInputError(url, f"shards[{position}]: does not belong at this position of run {manifest['run_id']}")
-    return manifest
 
 
 def existing_manifest(out: str, spec: RunSpec, storage_options: StorageOptions = None) -> dict[str, Any] | None:

@@ -25,7 +25,6 @@ from factory.produce.samples import Dropped, EncodedSample, Sample, encode_sampl
 from factory.storage import StorageOptions
 from factory.validation import SCHEMA_VERSION, dump_json, parse_json, validate
 
-MANIFEST_NAME = "manifest.json"
 TAR_USER = "medsynth"
 
 

@@ -31,7 +31,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from factory import storage
 from factory.data.labels import CXR_LABELS
 from factory.errors import BadInputError, IntegrityError
-from factory.produce.manifest import manifest_url, read_manifest
+from factory.run_manifest import manifest_url, read_manifest
 from factory.storage import StorageOptions
 from factory.stream.format import LabelFilter, SampleDecoder
 from factory.stream.topology import Topology, derive_seed, resolve_topology, worker_info
