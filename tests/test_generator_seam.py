@@ -45,6 +45,8 @@ def test_every_registered_model_declares_its_spec_under_its_name():
         assert set(spec.untrained_options) <= {"width", "sources"}  # what `bundle init` can pass
     with pytest.raises(KeyError, match="unknown model 'nope'"):
         registry.spec("nope")
+    with pytest.raises(BadInputError, match="--sources: emixer bundles take only --width besides --size and --seed"):
+        init_bundle("unused", "emixer", sources=["mri"])
     with pytest.raises(KeyError, match="no training recipe for 'judge'"):
         get_recipe("judge")
 
@@ -53,7 +55,7 @@ def test_a_new_model_is_its_own_file_plus_one_registry_line(toy_registered, tmp_
     """bundle init, the training recipe and bundle production work for the toy with no other change."""
     assert main(["bundle", "init", "toy", "--out", str(tmp_path / "toy"), "--size", "8", "--seed", "2"]) == 0
     assert load_bundle(str(tmp_path / "toy")).recipe == "toy"
-    with pytest.raises(BadInputError, match="--width: a toy bundle takes no options beyond --size and --seed"):
+    with pytest.raises(BadInputError, match="--width: toy bundles take only --size and --seed"):
         init_bundle(str(tmp_path / "wide"), "toy", size=8, width=4)
 
     recipe = get_recipe("toy")

@@ -47,8 +47,9 @@ def init_bundle(out: str, recipe: str, size: int = 64, seed: int = 0, created_at
     given = {name: value for name, value in options.items() if value is not None}
     refused = sorted(set(given) - set(spec.untrained_options))
     if refused:
-        takes = ", ".join(f"--{name}" for name in spec.untrained_options) or "no options beyond --size and --seed"
-        raise BadInputError(f"--{refused[0]}", f"a {recipe} bundle takes {takes}")
+        takes = ", ".join(f"--{name}" for name in spec.untrained_options)
+        raise BadInputError(f"--{refused[0]}", f"{recipe} bundles take " + (f"only {takes} besides --size and --seed"
+                                                                          if takes else "only --size and --seed"))
     shape = spec.untrained(size=size, seed=seed, **given)
     try:
         config = spec.make_config(shape.overrides)
