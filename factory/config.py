@@ -135,6 +135,19 @@ def validate_config(model: type[Config], data: dict, source: str) -> Config:
         raise BadInputError(source, f"{field}: {first['msg']}{more}") from err
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line, 1-based line and column first: PyYAML's own text spans several lines
+    (it quotes the offending line), which the CLI's one-line errors would break apart."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or problem is None:  # a reader error: a character, not a place in the syntax
+        return " ".join(str(err).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark:
+        where += f" ({context} from line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return where
+
+
 def load_config(model: type[Config], path: str | Path | None, overrides: list[str] | None = None,
                 values: dict | None = None) -> Config:
     """Read YAML from `path` (optional), apply `key=value` overrides, then typed `values`, validate."""
@@ -146,7 +159,7 @@ def load_config(model: type[Config], path: str | Path | None, overrides: list[st
         except OSError as err:
             raise BadInputError(source, f"cannot read ({err.strerror})") from err
         except yaml.YAMLError as err:
-            raise BadInputError(source, f"not valid YAML ({err})") from err
+            raise BadInputError(source, f"not valid YAML: {yaml_problem(err)}") from err
         if not isinstance(data, dict):
             raise BadInputError(source, "must be a mapping of settings")
     merged = _merge(_merge(data, parse_overrides(overrides, source)), values or {})

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from factory.cli import job_main, main
 from factory.config import BenchConfig, EvaluateConfig, ProduceConfig, TrainConfig, TranslateConfig, load_config
+from factory.errors import BadInputError
+from factory.produce.runs import label_policy
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 MODELS = {"produce": ProduceConfig, "train": TrainConfig, "bench": BenchConfig, "translate": TranslateConfig,
@@ -38,6 +41,23 @@ def test_bad_setting_fails_in_one_line():
                              "--set", "workers=0"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith("train.yaml: workers: Input should be greater than 0")
+
+
+def test_bad_yaml_fails_in_one_line_naming_line_and_column(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out: run\ncount: [1, 2\nseed: 3\n")  # the list is never closed
+    expected = (f"{bad}: not valid YAML: line 3, column 5: expected ',' or ']', but got ':' "
+                "(while parsing a flow sequence from line 2, column 8)")
+    with pytest.raises(BadInputError) as raised:
+        load_config(ProduceConfig, bad)
+    assert str(raised.value) == expected
+    assert main(["produce", "--config", str(bad)]) == 2
+    assert capsys.readouterr().err == f"medsynth produce: error: {expected}\n"
+    assert job_main(ProduceConfig, lambda config, command: pytest.fail("ran a bad config"), ["--config", str(bad)]) == 2
+    assert capsys.readouterr().err == f"error: {expected}\n"
+    with pytest.raises(BadInputError) as raised:  # a label-count file reads the same way
+        label_policy(str(bad))
+    assert str(raised.value) == expected.replace("not valid YAML", "not valid YAML/JSON")
 
 
 def test_bench_job_accepts_every_benchmark():

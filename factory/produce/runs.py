@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from factory import storage
-from factory.config import ProduceConfig, TranslateConfig
+from factory.config import ProduceConfig, TranslateConfig, yaml_problem
 from factory.errors import BadInputError, FactoryError
 from factory.produce.pool import produce
 from factory.produce.producer_specs import BundlePairs, BundleTranslation, PhantomPairs, ProducerSpec
@@ -25,7 +25,7 @@ def label_policy(labels: str) -> str | dict[str, int]:
     except OSError as err:
         raise BadInputError(labels, f"cannot read label counts ({err.strerror})") from err
     except yaml.YAMLError as err:
-        raise BadInputError(labels, f"not valid YAML/JSON ({err})") from err
+        raise BadInputError(labels, f"not valid YAML/JSON: {yaml_problem(err)}") from err
     if not isinstance(counts, dict) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
         raise BadInputError(labels, "must map label combinations (e.g. 'Cardiomegaly+Edema') to counts")
     return {str(k): int(v) for k, v in counts.items()}
