@@ -1,17 +1,24 @@
 """`medsynth inspect` and the one-line errors on bad runs: each names the file and the problem,
 exits non-zero, and leaves every stored byte as it was."""
 
+import hashlib
+import io
 import json
+import pickle
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
 from factory import storage
 from factory.cli import main
 from factory.errors import BadInputError
-from factory.produce.shards import shard_name
+from factory.produce.samples import sample_key
+from factory.produce.shards import read_tar_members, shard_name, sidecar_name
+from factory.produce.verify import verify_run
 from factory.produce.writer import write_run
+from factory.run_manifest import manifest_url
 from factory.validation import parse_json, validate
 from shard_helpers import samples, spec
 
@@ -82,8 +89,32 @@ def corrupt_field(url):
     return "manifest.json: shards[3].sha256: 'not-a-hash' does not match"
 
 
+def corrupt_foreign_member(url):
+    """Shard 1 gains a pickle member (plain webdataset's .decode() would unpickle it), its sample's
+    members still adjacent, and its size and sha256 are updated in the sidecar and the manifest."""
+    shard = storage.join(url, shard_name(1))
+    members = read_tar_members(storage.read_bytes(shard), shard)
+    name = f"{sample_key('test-run', 5)}.pyd"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, data in [*members[:4], (name, pickle.dumps({"payload": 1})), *members[4:]]:
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = buffer.getvalue()
+    storage.atomic_put(shard, data)
+    sidecar = storage.join(url, sidecar_name(1))
+    record = {**json.loads(storage.read_bytes(sidecar)), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    storage.atomic_put(sidecar, json.dumps(record).encode())
+    manifest = json.loads(storage.read_bytes(manifest_url(url)))
+    manifest["bytes"] += record["bytes"] - manifest["shards"][1]["bytes"]
+    manifest["shards"][1] = record
+    storage.atomic_put(manifest_url(url), json.dumps(manifest).encode())
+    return f"{shard_name(1)}: member {name} is not one the format defines for pair samples"
+
+
 @pytest.mark.parametrize("corrupt", [corrupt_manifest_not_json, corrupt_schema_version, corrupt_missing_shard,
-                                     corrupt_sha256, corrupt_truncated_tar, corrupt_field])
+                                     corrupt_sha256, corrupt_truncated_tar, corrupt_field, corrupt_foreign_member])
 def test_bad_run_gives_one_line_error_and_changes_nothing(run_url, corrupt, capsys):
     expected = corrupt(run_url)
     before = snapshot(run_url)
@@ -103,16 +134,25 @@ def test_resume_over_an_unreadable_manifest_refuses_and_keeps_everything(run_url
     assert snapshot(run_url) == before
 
 
+def test_resume_writes_again_a_shard_with_a_foreign_member(tmp_path):
+    out = str(tmp_path / "run")
+    write_run(samples(), out, spec(), progress=False)
+    original = (tmp_path / "run" / shard_name(1)).read_bytes()
+    corrupt_foreign_member(out)
+    storage.remove(manifest_url(out))  # unfinished again: resuming verifies the committed shards
+    manifest = write_run(samples(), out, spec(), progress=False)
+    assert (tmp_path / "run" / shard_name(1)).read_bytes() == original
+    verify_run(out, manifest)
+
+
 def test_truncated_tar_with_matching_record_is_caught(tmp_path):
     """Even when the record agrees with a truncated file, the tar reader rejects it."""
-    from factory.produce.shards import read_tar_keys
-
     write_run(samples(), str(tmp_path), spec(), progress=False)
     data = (tmp_path / shard_name(0)).read_bytes()
     with pytest.raises(BadInputError, match="truncated"):
-        read_tar_keys(data[:2048], "shard.tar")
+        read_tar_members(data[:2048], "shard.tar")
     with pytest.raises(BadInputError, match="truncated"):
-        read_tar_keys(data[:1000], "shard.tar")
+        read_tar_members(data[:1000], "shard.tar")
 
 
 def test_not_a_run(tmp_path, capsys):

@@ -15,6 +15,14 @@ from PIL import Image
 
 from factory.validation import SCHEMA_VERSION, dump_json
 
+# The members (extensions after the key) a sample of each kind holds, as encode_sample writes them
+# from the producers' images, report and label. A shard holding any other member is refused when it is
+# verified: plain WebDataset decoders act on extensions, and `.pyd` or `.pth` members are unpickled.
+SAMPLE_MEMBERS: dict[str, frozenset[str]] = {
+    "pair": frozenset({"png", "txt", "cls", "json"}),
+    "translation": frozenset({"ct.png", "src.png", "json"}),
+}
+
 # Fast zlib level: shards are written once and read many times, but on a CPU node encoding competes
 # with the generator for cores; level 1 costs a few percent in size against levels 6-9.
 PNG_COMPRESS_LEVEL = 1

@@ -21,7 +21,7 @@ import webdataset as wds
 
 from factory import storage
 from factory.errors import BadInputError, FactoryError, IntegrityError
-from factory.produce.samples import Dropped, EncodedSample, Sample, encode_sample
+from factory.produce.samples import SAMPLE_MEMBERS, Dropped, EncodedSample, Sample, encode_sample
 from factory.storage import StorageOptions
 from factory.validation import SCHEMA_VERSION, dump_json, parse_json, validate
 
@@ -171,9 +171,11 @@ def check_belongs(record: dict[str, Any], spec: RunSpec, source: str) -> None:
         )
 
 
-def verify_shard(out: str, record: dict[str, Any], storage_options: StorageOptions = None, deep: bool = True) -> None:
+def verify_shard(out: str, record: dict[str, Any], storage_options: StorageOptions = None, deep: bool = True, *,
+                 sample_kind: str) -> None:
     """Check a committed shard against its record: present, same size, and (deep) same sha256 and a
-    readable tar holding `count` samples. Raises IntegrityError naming the shard."""
+    readable tar holding `count` samples with only the members of `sample_kind` (SAMPLE_MEMBERS).
+    Raises IntegrityError naming the shard."""
     url = storage.join(out, record["name"])
     if not storage.exists(url, storage_options):
         raise IntegrityError(url, "listed as committed but missing")
@@ -187,7 +189,14 @@ def verify_shard(out: str, record: dict[str, Any], storage_options: StorageOptio
     digest = hashlib.sha256(data).hexdigest()
     if digest != record["sha256"]:
         raise IntegrityError(url, f"sha256 {digest[:12]}… differs from its record {record['sha256'][:12]}…")
-    keys = read_tar_keys(data, url)
+    allowed = SAMPLE_MEMBERS.get(sample_kind, frozenset())
+    keys: list[str] = []  # a sample's members are adjacent
+    for name, _ in read_tar_members(data, url):
+        key, extension = name.partition(".")[::2]
+        if extension not in allowed:
+            raise IntegrityError(url, f"member {name} is not one the format defines for {sample_kind} samples")
+        if not keys or keys[-1] != key:
+            keys.append(key)
     if len(keys) != record["count"]:
         raise IntegrityError(url, f"holds {len(keys)} samples, its record says {record['count']}")
 
@@ -206,12 +215,3 @@ def read_tar_members(data: bytes, source: str) -> list[tuple[str, bytes]]:
     if len(data) % tarfile.BLOCKSIZE or data[-2 * tarfile.BLOCKSIZE:].strip(b"\0"):
         raise BadInputError(source, "truncated tar (no end-of-archive marker)")
     return members
-
-
-def read_tar_keys(data: bytes, source: str) -> list[str]:
-    keys: list[str] = []
-    for member, _ in read_tar_members(data, source):
-        key = member.split(".", 1)[0]
-        if not keys or keys[-1] != key:
-            keys.append(key)
-    return keys

@@ -17,7 +17,7 @@ def verify_run(out: str, manifest: dict[str, Any], storage_options: StorageOptio
 
     with tqdm(manifest["shards"], desc="verify shards", unit="shard", disable=not progress) as records:
         for record in records:
-            verify_shard(out, record, storage_options, deep=deep)
+            verify_shard(out, record, storage_options, deep=deep, sample_kind=manifest["sample_kind"])
     volumes = (manifest.get("extra") or {}).get("volumes")
     if volumes:
         verify_volumes(out, volumes, deep=deep)

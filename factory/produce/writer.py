@@ -32,7 +32,7 @@ def committed_shards(out: str, spec: RunSpec, storage_options: StorageOptions = 
         record = read_sidecar(out, index, storage_options)
         check_belongs(record, spec, storage.join(out, sidecar_name(index)))
         try:
-            verify_shard(out, record, storage_options)
+            verify_shard(out, record, storage_options, sample_kind=spec.sample_kind)
         except FactoryError as err:
             log.warning("rewriting shard %d: %s", index, err)
             continue
