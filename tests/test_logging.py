@@ -6,7 +6,8 @@ import logging
 
 from conftest import S3_ENV
 from factory import storage
-from factory.cli import configure_logging, main
+from factory.cli import main
+from factory.logs import configure_logging
 from factory.produce.writer import write_run
 from shard_helpers import samples, spec
 
