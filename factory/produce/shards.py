@@ -20,6 +20,7 @@ from typing import IO, Any, Iterable
 import webdataset as wds
 
 from factory import storage
+from factory.config import run_size_problem
 from factory.errors import BadInputError, FactoryError, IntegrityError
 from factory.produce.samples import Dropped, EncodedSample, Sample, encode_sample
 from factory.storage import StorageOptions
@@ -58,6 +59,9 @@ class RunSpec:
                   "config_sha256": "0" * 64}, "shard", f"run id {self.run_id!r}")
         if self.requested < 0 or self.shard_size < 1:
             raise FactoryError(f"run {self.run_id}: need count >= 0 and shard size >= 1")
+        problem = run_size_problem(self.requested, self.shard_size)
+        if problem:
+            raise FactoryError(f"run {self.run_id}: {problem}")
 
     @property
     def config_sha256(self) -> str:
