@@ -25,6 +25,23 @@ def test_dispatch_keeps_at_most_the_bound_in_flight_and_hands_over_every_result(
     assert started == list(range(20)) and results == {x: x * x for x in range(20)}
 
 
+def test_dispatch_reads_its_items_only_as_lanes_take_them(ray_local):
+    square = ray_local.remote(lambda x: x * x)
+    read, results = [], {}
+
+    def items():  # a plan of any length: nothing of it is held ahead of the lanes
+        for x in range(30):
+            read.append(x)
+            yield x
+
+    def submit(lane, item):
+        assert len(read) - len(results) <= 3  # this item and the two in flight: none read ahead
+        return lane.remote(item)
+
+    dispatch_bounded(ray_local, items(), [square], 3, submit, lambda item, result: results.__setitem__(item, result))
+    assert results == {x: x * x for x in range(30)}
+
+
 def test_dispatch_gives_nothing_to_a_lane_that_cannot_start(ray_local):
     class Squarer:  # defined here so that Ray ships it by value: workers cannot import this test module
         def square(self, x: int) -> int:

@@ -3,10 +3,11 @@
 Each actor builds its producer once (a bundle loads once per actor, onto its GPU when it has one),
 is handed shard indices, generates in batches while a thread pool encodes the previous batch, and
 writes its shards straight to storage. Only shard indices and small commit records cross the driver,
-so the driver's memory does not grow with the run. Shards go only to actors that have started, so
-actors the cluster cannot place (more than it holds, or waiting for an autoscaler) never hold work; a
-wait with no actor started is bounded. A shard whose actor dies goes back to the queue and a
-replacement actor takes over; an interrupted run resumes from its committed shards.
+so the driver's memory does not grow with the run: the plan is a generator of shard indices, read as
+actors take them. Shards go only to actors that have started, so actors the cluster cannot place
+(more than it holds, or waiting for an autoscaler) never hold work; a wait with no actor started is
+bounded. A shard whose actor dies goes back to the queue and a replacement actor takes over; an
+interrupted run resumes from its committed shards.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import collections
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Container, Iterator
 
 from factory import storage
 from factory.errors import FactoryError
@@ -82,6 +83,12 @@ class ShardWorker:
         return os.getpid()
 
 
+def shards_to_write(spec: RunSpec, committed: Container[int]) -> Iterator[int]:
+    """The run's plan: the indices of its shards not yet committed, generated as they are handed out,
+    so that planning holds nothing per shard however large the run."""
+    return (index for index in range(spec.num_shards) if index not in committed)
+
+
 def _actor_fit(ray, need: dict[str, float]) -> str:
     """What an actor needs against what the cluster's nodes hold, for messages."""
     most = {name: max((node.get(name, 0.0) for node in node_resources(ray)), default=0.0) for name in need}
@@ -118,10 +125,9 @@ def produce(
         log.info("%s already holds the finished run %s", out, spec.run_id)
         return manifest
     records = committed_shards(out, spec)
-    queue = collections.deque(i for i in range(spec.num_shards) if i not in records)
     ray = connect_ray()
     need = {"CPU": cpus_per_actor, "GPU": gpus_per_actor}
-    wanted = min(actors, len(queue))
+    wanted = min(actors, spec.num_shards - len(records))
     placeable = sum(fits(node, need) for node in node_resources(ray))
     if wanted and not placeable:
         log.warning("no node of the Ray cluster can hold a production actor now: %s; waiting up to %g min for "
@@ -183,8 +189,8 @@ def produce(
                     len(actors_late), ACTOR_START_TIMEOUT_MIN, running)
 
     try:
-        dispatch_bounded(ray, queue, list(pool), SHARDS_PER_ACTOR, write, committed, replace,
-                         ready=lambda actor: actor.__ray_ready__.remote(),
+        dispatch_bounded(ray, shards_to_write(spec, records), list(pool), SHARDS_PER_ACTOR, write, committed,
+                         replace, ready=lambda actor: actor.__ray_ready__.remote(),
                          start_timeout_s=ACTOR_START_TIMEOUT_MIN * 60, not_started=not_started)
     finally:
         bar.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,6 +36,14 @@ def shard_name(index: int) -> str:
 
 def sidecar_name(index: int) -> str:
     return f"shard-{index:06d}.commit.json"
+
+
+def sidecar_index(name: str) -> int | None:
+    """The shard index whose sidecar is named `name`, None for any other name."""
+    match = re.fullmatch(r"shard-([0-9]+)\.commit\.json", name)
+    if match is None or sidecar_name(int(match[1])) != name:
+        return None
+    return int(match[1])
 
 
 def canonical_sha256(document: Any) -> str:
