@@ -34,11 +34,31 @@ class GateConfig(JobConfig):
         return self
 
 
+# The largest run one command takes (docs/architecture.md, "A run on storage"). Sample keys hold the
+# index in ten digits; a billion samples (at several KB each, terabytes) is past where a run is better
+# split into several (other seeds). The manifest lists every shard (about 0.55 KB of JSON each) and the
+# driver holds every commit record until it writes it (about 2.7 KB each), so 10^5 shards keep the
+# manifest near 55 MB and the records near 270 MB; a billion samples then take shards of 10^4.
+MAX_COUNT = 10**9
+MAX_SHARDS = 10**5
+
+
+def run_size_problem(count: int, shard_size: int) -> str | None:
+    """Why a run of `count` samples in shards of `shard_size` is past the maximum; None when it is not."""
+    if count > MAX_COUNT:
+        return f"{count} samples, more than the {MAX_COUNT} one run takes"
+    shards = -(-count // shard_size)
+    if shards <= MAX_SHARDS:
+        return None
+    return (f"{count} samples in shards of {shard_size} make {shards} shards, more than the {MAX_SHARDS} "
+            f"one run takes; use a shard size of at least {-(-count // MAX_SHARDS)}")
+
+
 class ProduceConfig(JobConfig):
     """`medsynth produce` / jobs/produce.py."""
 
     out: str = Field(description="output URL for shards and manifest (local path or s3://)")
-    count: int = Field(gt=0, description="samples to produce")
+    count: int = Field(gt=0, le=MAX_COUNT, description=f"samples to produce (at most {MAX_COUNT})")
     bundle: str | None = Field(None, description="generator bundle URL")
     source: Literal["phantom-cxr"] | None = Field(None, description="built-in phantom instead of a bundle")
     actors: int = Field(1, gt=0)
@@ -57,6 +77,14 @@ class ProduceConfig(JobConfig):
         if (self.bundle is None) == (self.source is None):
             raise ValueError("give exactly one of bundle and source")
         return self
+
+    @field_validator("shard_size")
+    @classmethod
+    def _shards_within_limit(cls, shard_size: int, info):
+        problem = run_size_problem(info.data["count"], shard_size) if "count" in info.data else None
+        if problem:
+            raise ValueError(problem)
+        return shard_size
 
 
 class TranslateConfig(JobConfig):

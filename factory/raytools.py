@@ -1,14 +1,17 @@
 """What every Ray driver here shares: connecting, the workers' environment, user errors raised
-remotely, Ctrl-C, and one bounded dispatch loop (the production pool's actors and the Zarr volume
-build's tasks both run through it)."""
+remotely, Ctrl-C, what the cluster's nodes hold, and one bounded dispatch loop (the production
+pool's actors and the Zarr volume build's tasks both run through it)."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
+import math
 import signal
 import threading
-from typing import Any, Callable, Iterable, Iterator
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from factory.errors import FactoryError
 
@@ -61,47 +64,107 @@ def reraise_user_error(ray):
         raise
 
 
-def dispatch_bounded(ray, queue: collections.deque, lanes: Iterable[Any], per_lane: int,
+def node_resources(ray) -> list[dict[str, float]]:
+    """Each live node's total resources: what it can hold, busy or not."""
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def fits(resources: Mapping[str, float], need: Mapping[str, float]) -> float:
+    """How many actors (or tasks) needing `need` fit into `resources`; one that needs nothing fits
+    without bound."""
+    # The tolerance absorbs float division (Ray itself counts resources in units of 1e-4).
+    return min((int(resources.get(name, 0.0) / amount + 1e-9) for name, amount in need.items() if amount > 0),
+               default=math.inf)
+
+
+def dispatch_bounded(ray, items: Iterable[Any], lanes: Iterable[Any], per_lane: int,
                      submit: Callable[[Any, Any], Any], on_result: Callable[[Any, Any], None],
-                     replace: Callable[[Any, Any, Exception], Any] | None = None) -> None:
-    """Run every item of `queue` remotely, at most `per_lane` at a time on each lane, until the queue
-    is empty and nothing is in flight.
+                     replace: Callable[[Any, Any, Exception], Any] | None = None,
+                     ready: Callable[[Any], Any] | None = None, start_timeout_s: float = math.inf,
+                     not_started: Callable[[list[Any], int], None] | None = None) -> None:
+    """Run every item of `items` remotely, at most `per_lane` at a time on each lane, until no item
+    is left and nothing is in flight. `items` is read lazily, as lanes take them, so it may be a
+    generator of any length.
 
     A lane is whatever `submit(lane, item)` starts a remote call on (an actor, or a remote function),
     returning its ObjectRef. Each finished result goes to `on_result(item, result)` on the driver,
     and that lane is refilled. A FactoryError raised remotely is raised here as itself; Ctrl-C raises
     KeyboardInterrupt within half a second. With `replace`, a lane whose actor died gives its items
     back to the front of the queue and `replace(lane, item, error)` returns the lane that takes over
-    (or raises); without it, that error is raised."""
+    (or raises; `item` is None for a lane that died before it took one); without it, that error is
+    raised.
+
+    With `ready`, a lane (and each replacement) takes items only once the ObjectRef `ready(lane)`
+    has resolved: an actor that Ray cannot place yet holds none, so no item waits on it while other
+    lanes could run it. Lanes not ready within `start_timeout_s` (given with `not_started`) are dropped
+    and handed to `not_started(lanes, running)`, with the number of lanes that do run; with none
+    running it must raise, or the items left would wait on nothing."""
+    items = iter(items)
+    queue: collections.deque = collections.deque()  # items given back by dead lanes, or read ahead
     in_flight: dict[Any, tuple[Any, Any]] = {}  # ObjectRef -> (lane, item)
+    starting: dict[Any, tuple[Any, float]] = {}  # ObjectRef of ready(lane) -> (lane, when it was started)
+    running: list[Any] = []
+
+    def more() -> bool:
+        if not queue:
+            queue.extend(itertools.islice(items, 1))
+        return bool(queue)
 
     def fill(lane) -> None:
-        while queue and sum(1 for other, _ in in_flight.values() if other is lane) < per_lane:
+        while sum(1 for other, _ in in_flight.values() if other is lane) < per_lane and more():
             item = queue.popleft()
             in_flight[submit(lane, item)] = (lane, item)
 
+    def start(lane) -> None:
+        if ready is None:
+            running.append(lane)
+            fill(lane)
+        else:
+            starting[ready(lane)] = (lane, time.monotonic())
+
+    def lost(lane, item, err: Exception) -> None:
+        if replace is None:
+            raise err
+        if lane in running:
+            running.remove(lane)
+        for ref, (other, its) in list(in_flight.items()):
+            if other is lane:  # its other items are lost with it
+                del in_flight[ref]
+                queue.appendleft(its)
+        start(replace(lane, item, err))
+
     with interrupt_flag() as interrupted:
         for lane in lanes:
-            fill(lane)
-        while in_flight:
+            start(lane)
+        while in_flight or (starting and more()):
             if interrupted.is_set():
                 raise KeyboardInterrupt
-            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+            now = time.monotonic()
+            late = [ref for ref, (_, since) in starting.items() if now - since > start_timeout_s]
+            if late:
+                not_started([starting.pop(ref)[0] for ref in late], len(running))
+                continue
+            done, _ = ray.wait([*in_flight, *starting], num_returns=1, timeout=0.5)
             if not done:
+                continue
+            if done[0] in starting:
+                lane, _ = starting.pop(done[0])
+                try:
+                    with reraise_user_error(ray):
+                        ray.get(done[0])
+                except ray.exceptions.RayActorError as err:
+                    lost(lane, None, err)
+                    continue
+                running.append(lane)
+                fill(lane)
                 continue
             lane, item = in_flight.pop(done[0])
             try:
                 with reraise_user_error(ray):
                     result = ray.get(done[0])
             except ray.exceptions.RayActorError as err:
-                if replace is None:
-                    raise
                 queue.appendleft(item)
-                for ref, (other, lost) in list(in_flight.items()):
-                    if other is lane:  # its other items are lost with it
-                        del in_flight[ref]
-                        queue.appendleft(lost)
-                fill(replace(lane, item, err))
+                lost(lane, item, err)
                 continue
             on_result(item, result)
             fill(lane)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from factory.cli import job_main, main
-from factory.config import BenchConfig, EvaluateConfig, ProduceConfig, TrainConfig, TranslateConfig, load_config
+from factory.config import (MAX_COUNT, MAX_SHARDS, BenchConfig, EvaluateConfig, ProduceConfig, TrainConfig,
+                            TranslateConfig, load_config)
 from factory.errors import BadInputError
 from factory.produce.runs import label_policy
 
@@ -58,6 +59,18 @@ def test_bad_yaml_fails_in_one_line_naming_line_and_column(tmp_path, capsys):
     with pytest.raises(BadInputError) as raised:  # a label-count file reads the same way
         label_policy(str(bad))
     assert str(raised.value) == expected.replace("not valid YAML", "not valid YAML/JSON")
+
+
+def test_a_run_past_the_documented_maximum_is_refused_naming_the_field():
+    run = {"source": "phantom-cxr", "out": "runs/x"}
+    largest = load_config(ProduceConfig, None, values={**run, "count": MAX_COUNT, "shard_size": MAX_COUNT // MAX_SHARDS})
+    assert largest.count == 10**9 and largest.shard_size == 10**4
+    with pytest.raises(BadInputError, match=r"^command line: count: Input should be less than or equal to 1000000000$"):
+        load_config(ProduceConfig, None, values={**run, "count": MAX_COUNT + 1})
+    with pytest.raises(BadInputError, match=r"^command line: shard_size: Value error, 1000000000 samples in shards of "
+                                            r"100 make 10000000 shards, more than the 100000 one run takes; use a "
+                                            r"shard size of at least 10000$"):
+        load_config(ProduceConfig, None, values={**run, "count": MAX_COUNT, "shard_size": 100})
 
 
 def test_bench_job_accepts_every_benchmark():

@@ -2,6 +2,8 @@
 exactly once when an actor is killed or the driver interrupted, shards straight to S3."""
 
 import io
+import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -13,9 +15,11 @@ import time
 import pytest
 
 from factory import storage
-from factory.errors import BadInputError
+from factory.config import MAX_COUNT, MAX_SHARDS
+from factory.errors import BadInputError, FactoryError
 from factory.run_manifest import read_manifest
-from factory.produce.pool import produce
+from factory.produce import pool
+from factory.produce.pool import produce, shards_to_write
 from factory.produce.producer_specs import PhantomPairs
 from factory.produce.producers import PhantomPairProducer
 from factory.produce.shards import RunSpec, shard_name
@@ -80,6 +84,42 @@ def test_killed_actor_shard_is_redone_exactly_once(ray_local, tmp_path):
     assert all_keys(out, manifest) == [f"kill-test-{i:010d}" for i in range(600)]
     assert not [n for n in storage.list_names(out) if n.endswith(".partial")]
     verify_run(out, manifest)
+
+
+def test_more_actors_than_the_cluster_places_finish_on_those_it_does(ray_local, tmp_path, caplog):
+    out = str(tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger=pool.__name__):
+        manifest = produce(PRODUCER, out, run_spec(count=30, shard_size=5), actors=1000, progress=False)
+    assert "1000 actors asked, the cluster can place 2 now: shards go to those, and up to 4 more join" in caplog.text
+    assert all_keys(out, manifest) == [f"pool-test-{i:010d}" for i in range(30)]
+    verify_run(out, manifest)
+
+
+def test_an_actor_no_node_can_hold_fails_after_a_bounded_reported_wait(ray_local, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(pool, "ACTOR_START_TIMEOUT_MIN", 0.05)
+    needs = (r"each actor needs 3 CPU and 0 GPU \(--cpus-per-actor, --gpus-per-actor\), the cluster's nodes have at "
+             r"most 2 CPU and \d+ GPU$")  # GPUs: whatever ray_local found
+    with caplog.at_level(logging.WARNING, logger=pool.__name__), \
+            pytest.raises(FactoryError, match=r"^run pool-test: no production actor started within 0.05 min; " + needs):
+        produce(PRODUCER, str(tmp_path / "run"), run_spec(count=10, shard_size=5), cpus_per_actor=3, progress=False)
+    assert "no node of the Ray cluster can hold a production actor now: each actor needs 3 CPU" in caplog.text
+    assert "waiting up to 0.05 min for an autoscaler to add one" in caplog.text
+
+
+def test_the_plan_of_the_largest_run_holds_nothing_per_shard():
+    import tracemalloc
+
+    spec = run_spec(count=MAX_COUNT, shard_size=MAX_COUNT // MAX_SHARDS)
+    tracemalloc.start()
+    try:
+        plan = shards_to_write(spec, {3: {}, 7: {}})
+        first = list(itertools.islice(plan, 5))
+        rest = sum(1 for _ in plan)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert first == [0, 1, 2, 4, 5] and rest == MAX_SHARDS - 7
+    assert peak < 64 * 1024  # a list or deque of its 10^5 indices alone would take about 4 MB
 
 
 def test_interrupted_driver_resumes_to_exactly_once(tmp_path):

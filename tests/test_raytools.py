@@ -25,6 +25,41 @@ def test_dispatch_keeps_at_most_the_bound_in_flight_and_hands_over_every_result(
     assert started == list(range(20)) and results == {x: x * x for x in range(20)}
 
 
+def test_dispatch_reads_its_items_only_as_lanes_take_them(ray_local):
+    square = ray_local.remote(lambda x: x * x)
+    read, results = [], {}
+
+    def items():  # a plan of any length: nothing of it is held ahead of the lanes
+        for x in range(30):
+            read.append(x)
+            yield x
+
+    def submit(lane, item):
+        assert len(read) - len(results) <= 3  # this item and the two in flight: none read ahead
+        return lane.remote(item)
+
+    dispatch_bounded(ray_local, items(), [square], 3, submit, lambda item, result: results.__setitem__(item, result))
+    assert results == {x: x * x for x in range(30)}
+
+
+def test_dispatch_gives_nothing_to_a_lane_that_cannot_start(ray_local):
+    class Squarer:  # defined here so that Ray ships it by value: workers cannot import this test module
+        def square(self, x: int) -> int:
+            return x * x
+
+    actor_class = ray_local.remote(Squarer)
+    unplaceable = actor_class.options(num_cpus=3).remote()  # ray_local has 2 CPUs
+    placed = actor_class.options(num_cpus=1).remote()
+    results = {}
+    try:
+        dispatch_bounded(ray_local, range(10), [unplaceable, placed], 2, lambda lane, item: lane.square.remote(item),
+                         results.__setitem__, ready=lambda lane: lane.__ray_ready__.remote())
+    finally:
+        ray_local.kill(unplaceable)
+        ray_local.kill(placed)
+    assert results == {x: x * x for x in range(10)}
+
+
 def test_dispatch_raises_a_remote_user_error_as_itself(ray_local):
     def check(x):
         if x == 2:

@@ -3,8 +3,11 @@
 Each actor builds its producer once (a bundle loads once per actor, onto its GPU when it has one),
 is handed shard indices, generates in batches while a thread pool encodes the previous batch, and
 writes its shards straight to storage. Only shard indices and small commit records cross the driver,
-so the driver's memory does not grow with the run. A shard whose actor dies goes back to the queue
-and a replacement actor takes over; an interrupted run resumes from its committed shards.
+so the driver's memory does not grow with the run: the plan is a generator of shard indices, read as
+actors take them. Shards go only to actors that have started, so actors the cluster cannot place
+(more than it holds, or waiting for an autoscaler) never hold work; a wait with no actor started is
+bounded. A shard whose actor dies goes back to the queue and a replacement actor takes over; an
+interrupted run resumes from its committed shards.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import collections
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Container, Iterator
 
 from factory import storage
 from factory.errors import FactoryError
@@ -23,12 +26,16 @@ from factory.produce.producer_specs import ProducerSpec
 from factory.produce.samples import Dropped, EncodedSample, encode_sample
 from factory.produce.shards import RunSpec, write_encoded_shard
 from factory.produce.writer import committed_shards
-from factory.raytools import connect_ray, dispatch_bounded, ray_worker_env
+from factory.raytools import connect_ray, dispatch_bounded, fits, node_resources, ray_worker_env
 
 log = logging.getLogger(__name__)
 
 MAX_ACTOR_REPLACEMENTS = 8
 SHARDS_PER_ACTOR = 2  # in flight at once, so an actor never waits for the driver between shards
+# How long actors may take to start (be placed and build their producer) before the run goes on
+# without them, or fails when none has started: an autoscaler's cold cloud node (instance start, a
+# multi-GB image pull) plus a bundle load fit in it.
+ACTOR_START_TIMEOUT_MIN = 15
 
 
 class ShardWorker:
@@ -76,6 +83,19 @@ class ShardWorker:
         return os.getpid()
 
 
+def shards_to_write(spec: RunSpec, committed: Container[int]) -> Iterator[int]:
+    """The run's plan: the indices of its shards not yet committed, generated as they are handed out,
+    so that planning holds nothing per shard however large the run."""
+    return (index for index in range(spec.num_shards) if index not in committed)
+
+
+def _actor_fit(ray, need: dict[str, float]) -> str:
+    """What an actor needs against what the cluster's nodes hold, for messages."""
+    most = {name: max((node.get(name, 0.0) for node in node_resources(ray)), default=0.0) for name in need}
+    return (f"each actor needs {need['CPU']:g} CPU and {need['GPU']:g} GPU (--cpus-per-actor, --gpus-per-actor), "
+            f"the cluster's nodes have at most {most['CPU']:g} CPU and {most['GPU']:g} GPU")
+
+
 def produce(
     producer_spec: ProducerSpec,
     out: str,
@@ -105,8 +125,17 @@ def produce(
         log.info("%s already holds the finished run %s", out, spec.run_id)
         return manifest
     records = committed_shards(out, spec)
-    queue = collections.deque(i for i in range(spec.num_shards) if i not in records)
     ray = connect_ray()
+    need = {"CPU": cpus_per_actor, "GPU": gpus_per_actor}
+    wanted = min(actors, spec.num_shards - len(records))
+    placeable = sum(fits(node, need) for node in node_resources(ray))
+    if wanted and not placeable:
+        log.warning("no node of the Ray cluster can hold a production actor now: %s; waiting up to %g min for "
+                    "an autoscaler to add one", _actor_fit(ray, need), ACTOR_START_TIMEOUT_MIN)
+    elif placeable < wanted:
+        log.warning("%d actors asked, the cluster can place %d now: shards go to those, and up to %d more join "
+                    "if an autoscaler adds nodes within %g min", actors, placeable, wanted - placeable,
+                    ACTOR_START_TIMEOUT_MIN)
     actor_class = ray.remote(ShardWorker)
     actor_options = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor,
                      "runtime_env": {"env_vars": ray_worker_env()}}
@@ -119,7 +148,7 @@ def produce(
         created += 1
         return actor_class.options(name=name, **actor_options).remote(producer_spec, out, spec, batch_size, gates)
 
-    pool = [new_actor() for _ in range(min(actors, len(queue)) or 0)]
+    pool = [new_actor() for _ in range(wanted)]
     replacements = 0
     bar = tqdm(total=spec.requested, desc=f"produce {spec.run_id}", unit="sample", disable=not progress,
                smoothing=0.1)
@@ -134,20 +163,35 @@ def produce(
         if on_commit:
             on_commit(shard_index, record)
 
-    def replace(actor, shard_index: int, err: Exception):
+    def replace(actor, shard_index: int | None, err: Exception):
         nonlocal replacements
         if getattr(err, "actor_init_failed", False):  # a bad bundle or spec: replacing cannot help
             raise FactoryError(f"run {spec.run_id}: production actor failed to start: {err}") from err
         replacements += 1
         if replacements > MAX_ACTOR_REPLACEMENTS:
             raise FactoryError(f"run {spec.run_id}: actors keep dying ({err})") from err
-        log.warning("actor for shard %d died; the shard goes back to the queue", shard_index)
+        if shard_index is None:
+            log.warning("an actor died before it took a shard; a new one takes its place")
+        else:
+            log.warning("actor for shard %d died; the shard goes back to the queue", shard_index)
         pool.remove(actor)
         pool.append(new_actor())
         return pool[-1]
 
+    def not_started(actors_late: list, running: int) -> None:
+        for actor in actors_late:
+            pool.remove(actor)
+            ray.kill(actor)
+        if not running:
+            raise FactoryError(f"run {spec.run_id}: no production actor started within "
+                               f"{ACTOR_START_TIMEOUT_MIN:g} min; {_actor_fit(ray, need)}")
+        log.warning("%d actors did not start within %g min; the run goes on with the %d that did",
+                    len(actors_late), ACTOR_START_TIMEOUT_MIN, running)
+
     try:
-        dispatch_bounded(ray, queue, list(pool), SHARDS_PER_ACTOR, write, committed, replace)
+        dispatch_bounded(ray, shards_to_write(spec, records), list(pool), SHARDS_PER_ACTOR, write, committed,
+                         replace, ready=lambda actor: actor.__ray_ready__.remote(),
+                         start_timeout_s=ACTOR_START_TIMEOUT_MIN * 60, not_started=not_started)
     finally:
         bar.close()
         for actor in pool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import IO, Any, Iterable
 import webdataset as wds
 
 from factory import storage
+from factory.config import run_size_problem
 from factory.errors import BadInputError, FactoryError, IntegrityError
 from factory.produce.samples import SAMPLE_MEMBERS, Dropped, EncodedSample, Sample, encode_sample
 from factory.storage import StorageOptions
@@ -34,6 +36,14 @@ def shard_name(index: int) -> str:
 
 def sidecar_name(index: int) -> str:
     return f"shard-{index:06d}.commit.json"
+
+
+def sidecar_index(name: str) -> int | None:
+    """The shard index whose sidecar is named `name`, None for any other name."""
+    match = re.fullmatch(r"shard-([0-9]+)\.commit\.json", name)
+    if match is None or sidecar_name(int(match[1])) != name:
+        return None
+    return int(match[1])
 
 
 def canonical_sha256(document: Any) -> str:
@@ -58,6 +68,9 @@ class RunSpec:
                   "config_sha256": "0" * 64}, "shard", f"run id {self.run_id!r}")
         if self.requested < 0 or self.shard_size < 1:
             raise FactoryError(f"run {self.run_id}: need count >= 0 and shard size >= 1")
+        problem = run_size_problem(self.requested, self.shard_size)
+        if problem:
+            raise FactoryError(f"run {self.run_id}: {problem}")
 
     @property
     def config_sha256(self) -> str:

@@ -26,7 +26,6 @@ volume complete.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import io
 import json
@@ -206,7 +205,7 @@ def write_volumes(out: str, spec: RunSpec, studies: Iterable[PlannedStudy], reco
             written[record["name"]] = record
             bar.update(1)
 
-        dispatch_bounded(ray, collections.deque(jobs), [task], MAX_TASKS_IN_FLIGHT,
+        dispatch_bounded(ray, jobs, [task], MAX_TASKS_IN_FLIGHT,
                          lambda remote, job: remote.remote(out, job), done)
     arrays = [written[job["study_id"]] for job in jobs]
     _remove_stale_partials(group_url(out))

@@ -16,19 +16,19 @@ from factory import storage
 from factory.errors import FactoryError
 from factory.produce.manifest import build_manifest, existing_manifest, write_manifest
 from factory.produce.samples import Dropped, Sample
-from factory.produce.shards import RunSpec, check_belongs, read_sidecar, sidecar_name, verify_shard, write_shard
+from factory.produce.shards import (RunSpec, check_belongs, read_sidecar, sidecar_index, sidecar_name, verify_shard,
+                                    write_shard)
 from factory.storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
 
 def committed_shards(out: str, spec: RunSpec, storage_options: StorageOptions = None) -> dict[int, dict[str, Any]]:
-    """Shards of this run already committed and verified; a shard of another run is an error."""
-    names = set(storage.list_names(out, storage_options))
+    """Shards of this run already committed and verified; a shard of another run is an error. Found
+    from the sidecars listed, so the work follows what is stored, not the number of shards planned."""
+    indices = (sidecar_index(name) for name in storage.list_names(out, storage_options))
     committed = {}
-    for index in range(spec.num_shards):
-        if sidecar_name(index) not in names:
-            continue
+    for index in sorted(i for i in indices if i is not None and i < spec.num_shards):
         record = read_sidecar(out, index, storage_options)
         check_belongs(record, spec, storage.join(out, sidecar_name(index)))
         try:
