@@ -24,9 +24,15 @@ def label_policy(labels: str) -> str | dict[str, int]:
         counts = yaml.safe_load(Path(labels).read_text())
     except OSError as err:
         raise BadInputError(labels, f"cannot read label counts ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        raise BadInputError(labels, f"not valid YAML/JSON ({err})") from err
-    if not isinstance(counts, dict) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
+    except UnicodeDecodeError as err:
+        raise BadInputError(labels, "not valid YAML/JSON (not UTF-8 text)") from err
+    except yaml.YAMLError as err:  # its own message spans several lines, quoting the file
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise BadInputError(labels, f"not valid YAML/JSON ({problem}{where})") from err
+    if not isinstance(counts, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                               for v in counts.values()):
         raise BadInputError(labels, "must map label combinations (e.g. 'Cardiomegaly+Edema') to counts")
     return {str(k): int(v) for k, v in counts.items()}
 
@@ -47,9 +53,15 @@ def production_spec(config: ProduceConfig, command: str = "") -> tuple[ProducerS
                                 f"a {bundle['recipe']} bundle makes {makes}, not image/report pairs"
                                 + (" (use medsynth translate)" if "translations" in model.product_kinds else ""))
         labels = label_policy(config.labels)
-        if isinstance(labels, dict) and sum(labels.values()) != config.count:
-            raise BadInputError(config.labels, f"label counts add up to {sum(labels.values())}, "
-                                               f"not the run's count {config.count}")
+        if isinstance(labels, dict):
+            if sum(labels.values()) != config.count:
+                raise BadInputError(config.labels, f"label counts add up to {sum(labels.values())}, "
+                                                   f"not the run's count {config.count}")
+            # The actors check names too, but only after Ray has started: a misspelt one stops the run here.
+            unknown = sorted({name for combo in labels for name in combo.split("+")} - set(bundle["label_names"]))
+            if unknown:
+                raise BadInputError(config.labels, f"unknown labels {unknown}; "
+                                                   f"this bundle knows {bundle['label_names']}")
         producer: ProducerSpec = BundlePairs(bundle=storage.absolute(config.bundle), bundle_sha256=bundle["sha256"],
                                              labels=labels, count=config.count)
         name = bundle["recipe"]
