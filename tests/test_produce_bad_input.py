@@ -1,12 +1,12 @@
-"""`medsynth produce` refuses unusable label counts before Ray starts, as one line with exit code 2:
-any for the phantom source (it draws its own findings), and for a bundle a file that cannot be read or
-parsed, or that names labels the bundle does not know."""
+"""`medsynth produce` and `translate` refuse unusable input before Ray starts, as one line with exit code
+2: label counts that do not apply or cannot be used, and an --out that cannot be written (local or S3)."""
 
+import socket
 import time
 
 import pytest
 
-from factory.cli import main
+from factory.cli import job_main, main
 from factory.config import ProduceConfig
 
 PHANTOM = ["produce", "--source", "phantom-cxr", "--count", "4", "--size", "32"]
@@ -29,6 +29,12 @@ def refused(argv, capsys) -> tuple[str, float]:
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     return err.strip(), elapsed
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +85,78 @@ def test_bundle_runs_refuse_unusable_label_counts(kind, bundle, tmp_path, capsys
 
 def test_phantom_runs_keep_the_default_label_policy():
     assert ProduceConfig(source="phantom-cxr", count=1, out="x", labels="balanced").labels == "balanced"
+
+
+def unusable_local_outs(tmp_path):
+    (tmp_path / "file").write_text("a file")
+    return {"/proc/medsynth-out": "No such file or directory", str(tmp_path / "file" / "sub"): "Not a directory",
+            str(tmp_path / "file"): "File exists"}
+
+
+@pytest.mark.parametrize("command", ["produce", "translate"])
+def test_unusable_local_out_is_refused_before_ray(command, tmp_path, capsys):
+    for out, problem in unusable_local_outs(tmp_path).items():
+        argv = ([*PHANTOM, "--out", out] if command == "produce" else
+                ["translate", "--bundle", str(tmp_path / "no-bundle"), "--source", str(tmp_path / "no-data"),
+                 "--out", out])
+        line, elapsed = refused(argv, capsys)
+        assert line == f"medsynth {command}: error: {out}: cannot write here: {problem}"
+        assert elapsed < 2
+
+
+def test_job_entrypoint_refuses_an_unusable_out(tmp_path, capsys):
+    from jobs.produce import run
+
+    config = tmp_path / "produce.yaml"
+    config.write_text(f"out: {tmp_path / 'file' / 'sub'}\nsource: phantom-cxr\ncount: 4\n")
+    (tmp_path / "file").write_text("a file")
+    assert job_main(ProduceConfig, run, ["--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'file' / 'sub'}: cannot write here: Not a directory"
+
+
+def test_s3_out_without_a_bucket(s3_endpoint, capsys):
+    line, _ = refused([*PHANTOM, "--out", "s3://"], capsys)
+    assert line == "medsynth produce: error: s3://: names no bucket (expected s3://BUCKET/PREFIX)"
+
+
+def test_s3_bucket_that_does_not_exist(s3_endpoint, capsys):
+    line, elapsed = refused([*PHANTOM, "--out", "s3://medsynth-no-such-bucket/run"], capsys)
+    assert line == ("medsynth produce: error: s3://medsynth-no-such-bucket/run: cannot write here: "
+                    "the bucket does not exist")
+    assert elapsed < 5
+
+
+def test_s3_wrong_keys_are_refused_without_showing_them(s3_root, monkeypatch, capsys):
+    from moto import settings
+
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the endpoint checks signatures
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAMEDSYNTHWRONGKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-never-printed")
+    line, elapsed = refused([*PHANTOM, "--out", s3_root], capsys)
+    assert line == (f"medsynth produce: error: {s3_root}: cannot write here: the object store does not know "
+                    "this access key (AWS_ACCESS_KEY_ID)")
+    assert elapsed < 5
+
+
+def test_s3_without_credentials(s3_root, monkeypatch, tmp_path, capsys):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    # Nowhere else to look: no files, and no instance metadata service (it is not on loopback).
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    line, elapsed = refused([*PHANTOM, "--out", s3_root], capsys)
+    assert line == (f"medsynth produce: error: {s3_root}: cannot write here: no S3 credentials found "
+                    "(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+    assert elapsed < 5
+
+
+def test_s3_closed_endpoint_is_reported_within_seconds(s3_root, monkeypatch, capsys):
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    line, elapsed = refused([*PHANTOM, "--out", s3_root], capsys)
+    assert line.startswith(f"medsynth produce: error: {s3_root}: cannot write here: cannot reach the object "
+                           f'store (Could not connect to the endpoint URL: "{endpoint}/'), line
+    assert elapsed < 10

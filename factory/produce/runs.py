@@ -79,6 +79,7 @@ def production_spec(config: ProduceConfig, command: str = "") -> tuple[ProducerS
 
 
 def run_production(config: ProduceConfig, command: str = "", progress: bool = True) -> dict[str, Any]:
+    storage.check_writable(config.out)  # an unusable --out is refused before Ray starts
     producer, spec = production_spec(config, command)
     return produce(producer, config.out, spec, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
                    gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size,
@@ -121,6 +122,7 @@ def run_translation(config: TranslateConfig, command: str = "", progress: bool =
     `actor_name_prefix` are passed to the pool (see factory.produce.pool.produce)."""
     from factory.produce.volumes import write_volumes
 
+    storage.check_writable(config.out)  # an unusable --out is refused before planning and before Ray starts
     producer, spec, plan, identity = translation_spec(config, command, progress)
     out = storage.absolute(config.out)
 
