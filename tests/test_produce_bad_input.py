@@ -1,13 +1,20 @@
 """`medsynth produce` and `translate` refuse unusable input before Ray starts, as one line with exit code
-2: label counts that do not apply or cannot be used, and an --out that cannot be written (local or S3)."""
+2: label counts that do not apply or cannot be used, and an --out that cannot be written (local or S3).
+A store that fails mid-run stops the run in one line, with the committed shards kept."""
 
 import socket
 import time
 
 import pytest
 
+from factory import storage
 from factory.cli import job_main, main
 from factory.config import ProduceConfig
+from factory.errors import StorageError
+from factory.produce.pool import ShardWorker
+from factory.produce.producer_specs import PhantomPairs
+from factory.produce.shards import RunSpec, shard_name
+from factory.produce.writer import committed_shards
 
 PHANTOM = ["produce", "--source", "phantom-cxr", "--count", "4", "--size", "32"]
 
@@ -160,3 +167,28 @@ def test_s3_closed_endpoint_is_reported_within_seconds(s3_root, monkeypatch, cap
     assert line.startswith(f"medsynth produce: error: {s3_root}: cannot write here: cannot reach the object "
                            f'store (Could not connect to the endpoint URL: "{endpoint}/'), line
     assert elapsed < 10
+
+
+def test_endpoint_lost_mid_run_stops_in_one_line_and_keeps_committed_shards(s3_endpoint, s3_root, monkeypatch):
+    """The actors' write path, without Ray: shard 0 commits, the endpoint goes, shard 1 fails naming itself."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")  # the same in-process store
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # a run's full retries would take about 14 s here
+    producer = PhantomPairs(size=32)
+    spec = RunSpec(run_id="lost-endpoint", requested=20, shard_size=10, seed=1, sample_kind="pair",
+                   config={"producer": producer.echo()}, command="pytest")
+    worker = ShardWorker(producer, s3_root, spec, batch_size=10)
+    try:
+        worker.write(0)
+    finally:
+        server.stop()
+    with pytest.raises(StorageError) as caught:
+        worker.write(1)
+    assert str(caught.value).startswith(f"{storage.join(s3_root, shard_name(1))}: cannot reach the object store")
+    assert str(caught.value).endswith("; committed shards are kept, run the same command again to resume")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    assert list(committed_shards(s3_root, spec)) == [0]
