@@ -172,8 +172,9 @@ def storage_problem(err: BaseException) -> str | None:
 
 def check_writable(url: str, storage_options: StorageOptions = None) -> None:
     """Raise StorageError (one line naming `url`) unless runs can write at `url`: the bucket exists, the
-    credentials are accepted, the endpoint answers, the path is or can become a folder. Creates the folder
-    of a local path, writes and removes one empty probe object. For drivers, before any worker starts."""
+    credentials are accepted, the endpoint answers, the path is or can become a folder. Writes and removes
+    one empty probe object (in local folders made for it and removed again). For drivers, before any worker
+    starts."""
     options = dict(storage_options or {})
     object_store = protocol_of(url) == "s3"
     if object_store:
@@ -181,11 +182,13 @@ def check_writable(url: str, storage_options: StorageOptions = None) -> None:
             raise StorageError(url, "names no bucket (expected s3://BUCKET/PREFIX)")
         options["config_kwargs"] = {**options.get("config_kwargs", {}), **_PROBE_CONFIG}
         options["skip_instance_cache"] = True  # the probe's settings stay off the instance runs reuse
+    created: list[str] = []
     try:
         fs, path = filesystem(url, options)
         if object_store:
             fs.retries = 1  # s3fs's own retries come on top of botocore's
         else:
+            created = _missing_folders(fs, path)
             fs.makedirs(path, exist_ok=True)
         probe = posixpath.join(path, _PROBE_NAME)
         fs.pipe_file(probe, b"")
@@ -199,6 +202,20 @@ def check_writable(url: str, storage_options: StorageOptions = None) -> None:
         if problem is None:
             raise
         raise StorageError(url, f"cannot write here: {problem}") from err
+    finally:
+        # The run makes its folders as it writes: a run refused after this check leaves nothing behind.
+        for folder in created:
+            with contextlib.suppress(OSError):
+                fs.rmdir(folder)
+
+
+def _missing_folders(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """`path` and those of its parents that do not exist, deepest first."""
+    missing = []
+    while not fs.exists(path) and posixpath.dirname(path) != path:
+        missing.append(path)
+        path = posixpath.dirname(path)
+    return missing
 
 
 @contextlib.contextmanager

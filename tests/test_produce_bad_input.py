@@ -88,6 +88,7 @@ def test_bundle_runs_refuse_unusable_label_counts(kind, bundle, tmp_path, capsys
     line, _ = refused(["produce", "--bundle", bundle, "--count", "4", "--out", str(tmp_path / "run"),
                        "--labels", labels], capsys)
     assert line.startswith(f"medsynth produce: error: {labels}: ") and LABEL_FILES[kind][1] in line, line
+    assert not (tmp_path / "run").exists()  # nor does the write check leave a folder behind
 
 
 def test_phantom_runs_keep_the_default_label_policy():

@@ -117,10 +117,12 @@ def test_local_paths_become_absolute(tmp_path, monkeypatch):
 
 
 def test_write_check_passes_and_leaves_nothing(storage_root):
-    url = storage.join(storage_root, "run")
+    url = storage.join(storage_root, "runs", "one")
     storage.check_writable(url)
+    assert not storage.exists(storage.join(storage_root, "runs"))  # local folders made for the probe go too
+    storage.atomic_put(storage.join(url, "kept.bin"), b"1")
     storage.check_writable(url)  # an existing folder passes too
-    assert storage.list_names(url) == []
+    assert storage.list_names(url) == ["kept.bin"]
 
 
 def test_storage_problems_are_plain_words():
