@@ -68,7 +68,8 @@ class ProduceConfig(JobConfig):
     batch_size: int = Field(32, gt=0)
     seed: int = Field(0, ge=0)
     size: int = Field(64, ge=16, le=1024, description="image side (phantom source)")
-    labels: str = Field("balanced", description="balanced, prior, or a YAML/JSON file of counts per label combination")
+    labels: str = Field("balanced", description="bundle runs: balanced, prior, or a YAML/JSON file of counts per "
+                                                "label combination")
     run_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     gates: tuple[GateConfig, ...] = Field((), description="quality gates applied before writing")
 
@@ -85,6 +86,13 @@ class ProduceConfig(JobConfig):
         if problem:
             raise ValueError(problem)
         return shard_size
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_condition_a_bundle(cls, labels, info):
+        if info.data.get("source") is not None and labels != "balanced":
+            raise ValueError("the phantom source draws its own findings; labels apply to bundle runs")
+        return labels
 
 
 class TranslateConfig(JobConfig):

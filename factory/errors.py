@@ -17,5 +17,10 @@ class BadInputError(FactoryError):
         return type(self), (self.source, self.problem)
 
 
+class StorageError(BadInputError):
+    """A storage location cannot be reached or written: a missing bucket, refused credentials, a closed
+    endpoint, a path that cannot be a folder."""
+
+
 class IntegrityError(BadInputError):
     """Stored bytes do not match what their manifest or sidecar promises."""

@@ -22,11 +22,25 @@ from typing import IO, Any, Iterator, Mapping
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from factory.errors import BadInputError
+from factory.errors import BadInputError, StorageError
 
 StorageOptions = Mapping[str, Any] | None
 
 _HASH_CHUNK = 4 << 20
+
+_PROBE_NAME = ".medsynth-write-check"
+# The write check asks briefly: an unreachable endpoint is reported within seconds, not after the
+# retries (about 14 s) that a long run rightly makes.
+_PROBE_CONFIG = {"connect_timeout": 3, "read_timeout": 5, "retries": {"max_attempts": 2, "mode": "standard"}}
+_S3_PROBLEMS = {
+    "NoSuchBucket": "the bucket does not exist",
+    "AccessDenied": "access denied: the credentials may not write here",
+    "403": "access denied: the credentials may not write here",
+    "InvalidAccessKeyId": "the object store does not know this access key (AWS_ACCESS_KEY_ID)",
+    "SignatureDoesNotMatch": "the secret key does not match the access key (AWS_SECRET_ACCESS_KEY)",
+    "ExpiredToken": "the session token has expired (AWS_SESSION_TOKEN)",
+    "RequestTimeTooSkewed": "this machine's clock is too far from the object store's",
+}
 
 
 def s3_options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -131,6 +145,77 @@ def remove(url: str, storage_options: StorageOptions = None) -> None:
     fs, path = filesystem(url, storage_options)
     with contextlib.suppress(FileNotFoundError):
         fs.rm(path)
+
+
+def storage_problem(err: BaseException) -> str | None:
+    """What a storage exception means, in one line of plain words that never hold a credential; None for
+    exceptions that are not storage errors."""
+    from botocore import exceptions as boto
+
+    client = err if isinstance(err, boto.ClientError) else err.__cause__  # s3fs re-raises them as OSError
+    if isinstance(client, boto.ClientError):
+        error = client.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        problem = _S3_PROBLEMS.get(code) or f"the object store refused the request: {code} {error.get('Message', '')}"
+    elif isinstance(err, boto.NoCredentialsError):
+        problem = "no S3 credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+    elif isinstance(err, (boto.ConnectionError, boto.HTTPClientError)):
+        problem = f"cannot reach the object store ({err})"
+    elif isinstance(err, boto.BotoCoreError):
+        problem = str(err)
+    elif isinstance(err, OSError):
+        problem = err.strerror or str(err)
+    else:
+        return None
+    return " ".join(problem.split())
+
+
+def check_writable(url: str, storage_options: StorageOptions = None) -> None:
+    """Raise StorageError (one line naming `url`) unless runs can write at `url`: the bucket exists, the
+    credentials are accepted, the endpoint answers, the path is or can become a folder. Writes and removes
+    one empty probe object (in local folders made for it and removed again). For drivers, before any worker
+    starts."""
+    options = dict(storage_options or {})
+    object_store = protocol_of(url) == "s3"
+    if object_store:
+        if not url.split("://", 1)[1].split("/", 1)[0]:
+            raise StorageError(url, "names no bucket (expected s3://BUCKET/PREFIX)")
+        options["config_kwargs"] = {**options.get("config_kwargs", {}), **_PROBE_CONFIG}
+        options["skip_instance_cache"] = True  # the probe's settings stay off the instance runs reuse
+    created: list[str] = []
+    try:
+        fs, path = filesystem(url, options)
+        if object_store:
+            fs.retries = 1  # s3fs's own retries come on top of botocore's
+        else:
+            created = _missing_folders(fs, path)
+            fs.makedirs(path, exist_ok=True)
+        probe = posixpath.join(path, _PROBE_NAME)
+        fs.pipe_file(probe, b"")
+        # Runs never delete objects on an object store, so keys without that right must still pass.
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            fs.rm(probe)
+    except (ValueError, ImportError) as err:  # fsspec: an unknown protocol or a missing filesystem package
+        raise StorageError(url, f"not a usable location ({err})") from err
+    except Exception as err:
+        problem = storage_problem(err)
+        if problem is None:
+            raise
+        raise StorageError(url, f"cannot write here: {problem}") from err
+    finally:
+        # The run makes its folders as it writes: a run refused after this check leaves nothing behind.
+        for folder in created:
+            with contextlib.suppress(OSError):
+                fs.rmdir(folder)
+
+
+def _missing_folders(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """`path` and those of its parents that do not exist, deepest first."""
+    missing = []
+    while not fs.exists(path) and posixpath.dirname(path) != path:
+        missing.append(path)
+        path = posixpath.dirname(path)
+    return missing
 
 
 @contextlib.contextmanager

@@ -102,9 +102,10 @@ def test_explicit_options_win_over_environment(s3_root, monkeypatch):
 def test_errors_survive_pickling_across_processes():
     import pickle
 
-    from factory.errors import BadInputError, IntegrityError
+    from factory.errors import BadInputError, IntegrityError, StorageError
 
-    for error in (BadInputError("a/b.png", "not an image"), IntegrityError("s.tar", "sha256 differs")):
+    for error in (BadInputError("a/b.png", "not an image"), IntegrityError("s.tar", "sha256 differs"),
+                  StorageError("s3://b/run", "cannot write here: the bucket does not exist")):
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error) and copy.source == error.source
 
@@ -113,3 +114,26 @@ def test_local_paths_become_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert storage.absolute("runs/x") == str(tmp_path / "runs" / "x")
     assert storage.absolute("s3://bucket/runs") == "s3://bucket/runs"
+
+
+def test_write_check_passes_and_leaves_nothing(storage_root):
+    url = storage.join(storage_root, "runs", "one")
+    storage.check_writable(url)
+    assert not storage.exists(storage.join(storage_root, "runs"))  # local folders made for the probe go too
+    storage.atomic_put(storage.join(url, "kept.bin"), b"1")
+    storage.check_writable(url)  # an existing folder passes too
+    assert storage.list_names(url) == ["kept.bin"]
+
+
+def test_storage_problems_are_plain_words():
+    from botocore.exceptions import ClientError
+
+    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "PutObject")
+    translated = PermissionError("Access Denied")
+    translated.__cause__ = denied  # as s3fs raises it
+    assert storage.storage_problem(denied) == storage.storage_problem(translated) == \
+        "access denied: the credentials may not write here"
+    odd = ClientError({"Error": {"Code": "SlowDown", "Message": "Please\nreduce your request rate."}}, "PutObject")
+    assert storage.storage_problem(odd) == "the object store refused the request: SlowDown Please reduce your request rate."
+    assert storage.storage_problem(OSError(28, "No space left on device")) == "No space left on device"
+    assert storage.storage_problem(ValueError("a bug")) is None

@@ -19,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Container, Iterator
 
 from factory import storage
-from factory.errors import FactoryError
+from factory.errors import FactoryError, StorageError
 from factory.produce.gates import build_gate
 from factory.produce.manifest import build_manifest, existing_manifest, write_manifest
 from factory.produce.producer_specs import ProducerSpec
 from factory.produce.samples import Dropped, EncodedSample, encode_sample
-from factory.produce.shards import RunSpec, write_encoded_shard
+from factory.produce.shards import RunSpec, shard_name, write_encoded_shard
 from factory.produce.writer import committed_shards
 from factory.raytools import connect_ray, dispatch_bounded, fits, node_resources, ray_worker_env
 
@@ -77,7 +77,26 @@ class ShardWorker:
     def write(self, shard_index: int) -> dict[str, Any]:
         if self.startup_error is not None:
             raise self.startup_error
-        return write_encoded_shard(self.out, self.spec, shard_index, self._encoded(shard_index))
+        generation_failed = False
+
+        def samples():
+            nonlocal generation_failed
+            try:
+                yield from self._encoded(shard_index)
+            except Exception:
+                generation_failed = True
+                raise
+
+        try:
+            return write_encoded_shard(self.out, self.spec, shard_index, samples())
+        except Exception as err:
+            # A store that fails mid-run (its endpoint gone, a full disk) reaches the driver as one line
+            # naming the shard; errors of generation travel as they are.
+            problem = None if generation_failed or isinstance(err, FactoryError) else storage.storage_problem(err)
+            if problem is None:
+                raise
+            raise StorageError(storage.join(self.out, shard_name(shard_index)),
+                               f"{problem}; committed shards are kept, run the same command again to resume") from err
 
     def pid(self) -> int:
         return os.getpid()

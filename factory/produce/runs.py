@@ -24,9 +24,12 @@ def label_policy(labels: str) -> str | dict[str, int]:
         counts = yaml.safe_load(Path(labels).read_text())
     except OSError as err:
         raise BadInputError(labels, f"cannot read label counts ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise BadInputError(labels, "not valid YAML/JSON (not UTF-8 text)") from err
     except yaml.YAMLError as err:
         raise BadInputError(labels, f"not valid YAML/JSON: {yaml_problem(err)}") from err
-    if not isinstance(counts, dict) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
+    if not isinstance(counts, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                               for v in counts.values()):
         raise BadInputError(labels, "must map label combinations (e.g. 'Cardiomegaly+Edema') to counts")
     return {str(k): int(v) for k, v in counts.items()}
 
@@ -47,9 +50,15 @@ def production_spec(config: ProduceConfig, command: str = "") -> tuple[ProducerS
                                 f"a {bundle['recipe']} bundle makes {makes}, not image/report pairs"
                                 + (" (use medsynth translate)" if "translations" in model.product_kinds else ""))
         labels = label_policy(config.labels)
-        if isinstance(labels, dict) and sum(labels.values()) != config.count:
-            raise BadInputError(config.labels, f"label counts add up to {sum(labels.values())}, "
-                                               f"not the run's count {config.count}")
+        if isinstance(labels, dict):
+            if sum(labels.values()) != config.count:
+                raise BadInputError(config.labels, f"label counts add up to {sum(labels.values())}, "
+                                                   f"not the run's count {config.count}")
+            # The actors check names too, but only after Ray has started: a misspelt one stops the run here.
+            unknown = sorted({name for combo in labels for name in combo.split("+")} - set(bundle["label_names"]))
+            if unknown:
+                raise BadInputError(config.labels, f"unknown labels {unknown}; "
+                                                   f"this bundle knows {bundle['label_names']}")
         producer: ProducerSpec = BundlePairs(bundle=storage.absolute(config.bundle), bundle_sha256=bundle["sha256"],
                                              labels=labels, count=config.count)
         name = bundle["recipe"]
@@ -67,6 +76,7 @@ def production_spec(config: ProduceConfig, command: str = "") -> tuple[ProducerS
 
 
 def run_production(config: ProduceConfig, command: str = "", progress: bool = True) -> dict[str, Any]:
+    storage.check_writable(config.out)  # an unusable --out is refused before Ray starts
     producer, spec = production_spec(config, command)
     return produce(producer, config.out, spec, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
                    gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size,
@@ -109,6 +119,7 @@ def run_translation(config: TranslateConfig, command: str = "", progress: bool =
     `actor_name_prefix` are passed to the pool (see factory.produce.pool.produce)."""
     from factory.produce.volumes import write_volumes
 
+    storage.check_writable(config.out)  # an unusable --out is refused before planning and before Ray starts
     producer, spec, plan, identity = translation_spec(config, command, progress)
     out = storage.absolute(config.out)
 
