@@ -55,7 +55,7 @@ def bundle(tmp_path_factory):
 
 LABEL_FILES = {
     "missing": (None, "cannot read label counts (No such file or directory)"),
-    "not-yaml": ("{ not: [yaml", "not valid YAML/JSON (expected ',' or ']', but got '<stream end>', line 1 column 13)"),
+    "not-yaml": ("{ not: [yaml", "not valid YAML/JSON: line 1, column 13: expected ',' or ']', but got '<stream end>'"),
     "binary": (b"\x89PNG\r\n\x1a\n\xff\xfe", "not valid YAML/JSON (not UTF-8 text)"),
     "not-counts": ("- Edema\n- Cardiomegaly\n", "must map label combinations"),
     "yes-no": ("Edema: yes\nNo Finding: 3\n", "must map label combinations"),
