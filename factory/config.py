@@ -150,7 +150,11 @@ def parse_overrides(pairs: list[str] | None, source: str) -> dict:
         if "=" not in pair:
             raise BadInputError(source, f"override {pair!r} is not key=value")
         key, value = pair.split("=", 1)
-        _set_dotted(overrides, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise BadInputError(source, f"override {pair!r}: not a valid YAML value: {yaml_problem(err)}") from err
+        _set_dotted(overrides, key.strip(), parsed)
     return overrides
 
 

@@ -61,6 +61,14 @@ def test_bad_yaml_fails_in_one_line_naming_line_and_column(tmp_path, capsys):
     assert str(raised.value) == expected.replace("not valid YAML", "not valid YAML/JSON")
 
 
+def test_an_override_that_is_not_yaml_fails_in_one_line(capsys):
+    train = str(JOBS / "configs" / "train.yaml")
+    assert main(["train", train, "--set", "steps=["]) == 2
+    assert capsys.readouterr().err == (f"medsynth train: error: {train}: override 'steps=[': not a valid YAML value: "
+                                       "line 1, column 2: expected the node content, but found '<stream end>' "
+                                       "(while parsing a flow node from line 1, column 2)\n")
+
+
 def test_a_run_past_the_documented_maximum_is_refused_naming_the_field():
     run = {"source": "phantom-cxr", "out": "runs/x"}
     largest = load_config(ProduceConfig, None, values={**run, "count": MAX_COUNT, "shard_size": MAX_COUNT // MAX_SHARDS})

@@ -91,6 +91,13 @@ def test_bundle_runs_refuse_unusable_label_counts(kind, bundle, tmp_path, capsys
     assert not (tmp_path / "run").exists()  # nor does the write check leave a folder behind
 
 
+def test_prior_policy_needs_a_bundle_that_records_one(bundle, tmp_path, capsys):
+    line, _ = refused(["produce", "--bundle", bundle, "--count", "4", "--out", str(tmp_path / "run"),
+                       "--labels", "prior"], capsys)
+    assert line == ("medsynth produce: error: --labels prior: this bundle records no training label prior; "
+                    "use balanced or explicit counts per combination")
+
+
 def test_phantom_runs_keep_the_default_label_policy():
     assert ProduceConfig(source="phantom-cxr", count=1, out="x", labels="balanced").labels == "balanced"
 

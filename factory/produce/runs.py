@@ -50,6 +50,9 @@ def production_spec(config: ProduceConfig, command: str = "") -> tuple[ProducerS
                                 f"a {bundle['recipe']} bundle makes {makes}, not image/report pairs"
                                 + (" (use medsynth translate)" if "translations" in model.product_kinds else ""))
         labels = label_policy(config.labels)
+        if labels == "prior" and not bundle["training_data"].get("label_prior"):
+            raise BadInputError("--labels prior", "this bundle records no training label prior; "
+                                                  "use balanced or explicit counts per combination")
         if isinstance(labels, dict):
             if sum(labels.values()) != config.count:
                 raise BadInputError(config.labels, f"label counts add up to {sum(labels.values())}, "
