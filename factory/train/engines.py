@@ -128,6 +128,14 @@ class DeepSpeedEngine:
         import deepspeed
 
         self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+        low = next((dtype for key, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))
+                    if ds_config.get(key, {}).get("enabled")), None)
+        if low is not None:
+            # ZeRO's half-precision flat buffers convert the parameters only: buffers that meet them in
+            # arithmetic (spectral norm's u and v vectors) must follow, or the first forward fails.
+            for buffer in self.engine.module.buffers():
+                if buffer.is_floating_point():
+                    buffer.data = buffer.data.to(low)
 
     @property
     def module(self):
