@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from gloo_script import run_as_rank_zero
 from test_train import tiny_config, train_in_session
 
 from factory.models.bundle import load_bundle
@@ -208,15 +205,7 @@ for stage in (0, 1, 2):
 
 def test_deepspeed_engines_take_the_learning_rate_at_every_zero_stage():
     """Adam's first step moves each weight by about lr: 1e-3 as set, not the 1.0 it was built with."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    # One process, its own gloo group: what Ray Train's TorchConfig sets up in each worker.
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
-    result = subprocess.run([sys.executable, "-c", DEEPSPEED_LR, str(port)], capture_output=True, text=True,
-                            timeout=300, cwd=Path(__file__).resolve().parents[1], env=env)
+    result = run_as_rank_zero(DEEPSPEED_LR)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line.split() for line in result.stdout.splitlines() if line.startswith("stage")]
     assert [int(line[1]) for line in lines] == [0, 1, 2]

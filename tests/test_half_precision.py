@@ -4,11 +4,7 @@ not module buffers; spectral norm's power iteration multiplies the two."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
+from gloo_script import run_as_rank_zero
 
 BF16_STEP = r"""
 import sys, torch, torch.distributed as dist
@@ -45,12 +41,7 @@ for name in ("emixer", "duiit"):
 
 
 def test_a_bf16_deepspeed_step_runs_for_every_trainable_model():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
-    result = subprocess.run([sys.executable, "-c", BF16_STEP, str(port)], capture_output=True, text=True,
-                            timeout=300, cwd=Path(__file__).resolve().parents[1], env=env)
+    result = run_as_rank_zero(BF16_STEP)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line.split(maxsplit=3) for line in result.stdout.splitlines() if line.startswith("step")]
     assert [(name, int(stage)) for _, name, stage, _ in lines] == [("emixer", 0), ("emixer", 2), ("duiit", 0),

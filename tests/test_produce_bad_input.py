@@ -2,10 +2,10 @@
 2: label counts that do not apply or cannot be used, and an --out that cannot be written (local or S3).
 A store that fails mid-run stops the run in one line, with the committed shards kept."""
 
-import socket
 import time
 
 import pytest
+from conftest import free_port
 
 from factory import storage
 from factory.cli import job_main, main
@@ -36,12 +36,6 @@ def refused(argv, capsys) -> tuple[str, float]:
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     return err.strip(), elapsed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
