@@ -96,9 +96,7 @@ class DDPEngine(TorchEngine):
                                            broadcast_buffers=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled() or not any(p.requires_grad for p in self.module.parameters()):
-            return self.module(*args, **kwargs)
-        return self.ddp(*args, **kwargs)
+        return self.ddp(*args, **kwargs) if stepped(self.module) else self.module(*args, **kwargs)
 
     # backward, step, parameters and learning rates are TorchEngine's: DDP's hooks all-reduce (average)
     # the gradients bucket by bucket during the plain loss.backward().
@@ -145,9 +143,7 @@ class DeepSpeedEngine:
         # A network that is not being stepped (frozen, or under no_grad) runs as a plain module: the
         # engine's forward would hook its outputs, and another engine's backward through them would then
         # run this engine's backward machinery (an error at ZeRO-0, a reduction of nothing at ZeRO-2).
-        if not torch.is_grad_enabled() or not any(p.requires_grad for p in self.engine.module.parameters()):
-            return self.engine.module(*args, **kwargs)
-        return self.engine(*args, **kwargs)
+        return self.engine(*args, **kwargs) if stepped(self.engine.module) else self.engine.module(*args, **kwargs)
 
     def backward(self, loss) -> None:
         self.engine.backward(loss)
@@ -193,6 +189,11 @@ def deepspeed_config(config: TrainConfig) -> dict:
     elif config.precision == "fp16":
         ds["fp16"] = {"enabled": True, "initial_scale_power": 12}
     return ds
+
+
+def stepped(module: nn.Module) -> bool:
+    """Whether this forward can lead to a step of `module`: gradients on, and some parameter trainable."""
+    return torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
 
 
 def set_param_group_lr(optimizer, lr: float) -> None:
