@@ -7,7 +7,8 @@ CLI never branch on model names:
 - its training recipe, named as "module:Class" and imported only by the trainer (models know nothing
   of training; the recipe knows the model);
 - what it produces, as typed products: each product is the set of functions a producer calls
-  (`PairSampling` for label -> image + report, `Translation` for source image -> CT); the produce
+  (`PairSampling` for label -> image + report, `ImageSampling` for labelled images without reports,
+  `Translation` for source image -> CT); the produce
   layer maps each product type to its producer;
 - how an untrained bundle of its shape is made (`untrained`), and which `medsynth bundle init`
   options that shape takes.
@@ -57,8 +58,30 @@ class Translation:
     ct_to_hounsfield: Callable[["torch.Tensor", Mapping[str, Any]], "torch.Tensor"]
 
 
-Product = PairSampling | Translation
-P = TypeVar("P", PairSampling, Translation)
+@dataclass(frozen=True)
+class ImageSampling:
+    """Product "images": labelled images without reports.
+
+    `z_dim(config)`: noise dimensions per sample. `generate(nets, labels (B, L) or None, z (B, z_dim))`
+    -> images (B, H, W) uint8, a function of its inputs alone (eval mode). A label-conditioned model
+    (`pseudo_label` None) gets the labels the run's label policy chose. An unconditional model gets
+    None and its images are labelled afterwards by `pseudo_label(nets, images)` -> (labels (B, L) 0/1
+    float32, confidence (B,) float32); samples whose confidence is below `threshold(config)` are
+    dropped by the producer's quality gate and counted."""
+
+    kind: ClassVar[str] = "images"
+    z_dim: Callable[[Mapping[str, Any]], int]
+    generate: Callable[[Networks, "torch.Tensor | None", "torch.Tensor"], "np.ndarray"]
+    pseudo_label: Callable[[Networks, "np.ndarray"], "tuple[np.ndarray, np.ndarray]"] | None = None
+    threshold: Callable[[Mapping[str, Any]], float] | None = None
+
+    @property
+    def conditional(self) -> bool:
+        return self.pseudo_label is None
+
+
+Product = PairSampling | Translation | ImageSampling
+P = TypeVar("P", PairSampling, Translation, ImageSampling)
 
 
 @dataclass(frozen=True)
