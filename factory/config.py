@@ -68,8 +68,11 @@ class ProduceConfig(JobConfig):
     batch_size: int = Field(32, gt=0)
     seed: int = Field(0, ge=0)
     size: int = Field(64, ge=16, le=1024, description="image side (phantom source)")
-    labels: str = Field("balanced", description="bundle runs: balanced, prior, or a YAML/JSON file of counts per "
-                                                "label combination")
+    labels: str | None = Field(None, description="bundle runs of a label-conditioned model: balanced (the default), "
+                                                 "prior, or a YAML/JSON file of counts per label combination")
+    threshold: float | None = Field(None, ge=0, le=1, description="bundle runs of an unconditional image model: "
+                                                                  "drop samples whose pseudo-label confidence is "
+                                                                  "below this (default: the bundle's)")
     run_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     gates: tuple[GateConfig, ...] = Field((), description="quality gates applied before writing")
 
@@ -90,9 +93,16 @@ class ProduceConfig(JobConfig):
     @field_validator("labels")
     @classmethod
     def _labels_condition_a_bundle(cls, labels, info):
-        if info.data.get("source") is not None and labels != "balanced":
+        if info.data.get("source") is not None and labels not in (None, "balanced"):
             raise ValueError("the phantom source draws its own findings; labels apply to bundle runs")
         return labels
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_for_a_bundle(cls, threshold, info):
+        if info.data.get("source") is not None and threshold is not None:
+            raise ValueError("the phantom source labels its own studies; threshold applies to bundle runs")
+        return threshold
 
 
 class TranslateConfig(JobConfig):

@@ -39,4 +39,13 @@ def run(args: argparse.Namespace) -> int:
     manifest = run_production(config, command=shlex.join(["medsynth", *sys.argv[1:]]))
     print(f"run {manifest['run_id']}: {manifest['count']} samples in {len(manifest['shards'])} shards "
           f"({manifest['bytes'] / 2**20:.1f} MiB) at {config.out}")
+    threshold = manifest["config"]["producer"].get("threshold")
+    if threshold is not None:
+        given = "--threshold" if config.threshold is not None else "the bundle's"
+        print(f"pseudo-label confidence threshold {threshold:g} ({given}): "
+              f"{sum(manifest['dropped'].values())} samples dropped ({_drops(manifest['dropped'])})")
     return 0
+
+
+def _drops(dropped: dict[str, int]) -> str:
+    return ", ".join(f"{reason}: {count}" for reason, count in dropped.items()) or "none"

@@ -52,6 +52,9 @@ def summary(url: str, manifest: dict[str, Any], verified: str) -> str:
     if volumes:
         lines.append(f"volumes        {volumes['count']} Zarr arrays ({volumes['slices']} slices) in "
                      f"{storage.join(url, volumes['group'])}")
+    threshold = manifest["config"].get("producer", {}).get("threshold")
+    if threshold is not None:
+        lines.append(f"pseudo-labels  kept where the classifier's confidence is at least {threshold:g}")
     if manifest["dropped"]:
         lines.append("dropped        " + ", ".join(f"{k}: {v}" for k, v in manifest["dropped"].items()))
     if manifest["label_histogram"]:

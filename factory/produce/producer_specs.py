@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 if TYPE_CHECKING:
     from factory.produce.producers import Producer
@@ -59,6 +59,34 @@ class BundlePairs(_ProducerSpec):
         return BundlePairProducer(seed, self.bundle, self.labels, self.count)
 
 
+class BundleImages(_ProducerSpec):
+    """Labelled images without reports from a bundle whose model makes them
+    (factory.models.spec.ImageSampling). A label-conditioned model takes a label policy and no
+    threshold; an unconditional one no labels (its classifier labels the images) and the pseudo-label
+    confidence threshold below which samples are dropped."""
+
+    sample_kind: ClassVar[str] = "image"
+    type: Literal["bundle-images"] = "bundle-images"
+    bundle: str
+    bundle_sha256: str | None = Field(None, description="the bundle the run was planned with (its identity)")
+    labels: str | dict[str, int] | None = Field(None, description="label policy of a conditional model: balanced, "
+                                                                  "prior or counts")
+    threshold: float | None = Field(None, ge=0, le=1, description="unconditional model: least pseudo-label "
+                                                                  "confidence a kept sample has")
+    count: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _labels_or_threshold(self):
+        if (self.labels is None) == (self.threshold is None):
+            raise ValueError("give labels (a conditional model) or threshold (an unconditional one), not both")
+        return self
+
+    def build(self, seed: int) -> Producer:
+        from factory.produce.producers import BundleImageProducer
+
+        return BundleImageProducer(seed, self.bundle, self.labels, self.count, self.threshold)
+
+
 class BundleTranslation(_ProducerSpec):
     """A source dataset's slices translated into CT by a bundle whose model translates
     (factory.models.spec.Translation), along the run's slice plan."""
@@ -85,7 +113,7 @@ class BundleTranslation(_ProducerSpec):
         return TranslationProducer(self.bundle, self.bundle_sha256, self.plan)
 
 
-ProducerSpec = Annotated[Union[PhantomPairs, BundlePairs, BundleTranslation], Field(discriminator="type")]
+ProducerSpec = Annotated[Union[PhantomPairs, BundlePairs, BundleImages, BundleTranslation], Field(discriminator="type")]
 _ADAPTER: TypeAdapter[ProducerSpec] = TypeAdapter(ProducerSpec)
 
 

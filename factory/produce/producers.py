@@ -16,7 +16,7 @@ import numpy as np
 from factory.data.hounsfield import CT_PNG_OFFSET
 from factory.data.labels import CXR_LABELS
 from factory.errors import BadInputError, FactoryError
-from factory.models.spec import PairSampling, Translation
+from factory.models.spec import ImageSampling, PairSampling, Translation
 from factory.produce.samples import Dropped, Sample
 
 SIXTEEN_BIT = 65535
@@ -162,6 +162,73 @@ class BundlePairProducer:
                           "labels": {name: float(v) for name, v in zip(self.bundle.label_names, vector)},
                           "primary_label": self.bundle.label_names[label]},
             ))
+        return samples
+
+
+class BundleImageProducer:
+    """Labelled images without reports from a bundle whose model makes them (factory.models.spec.ImageSampling).
+
+    A label-conditioned model: sample n's labels come from the label policy and its noise z from a
+    generator seeded by (seed, n), exactly as for pairs. An unconditional model: z alone is drawn from
+    (seed, n), and the model's classifier labels the images afterwards; a sample whose pseudo-label
+    confidence is below `threshold` is dropped (reason PSEUDO_LABEL_DROP), so the shard counts it.
+    """
+
+    sample_kind = "image"
+    PSEUDO_LABEL_DROP = "pseudo-label-confidence"
+
+    def __init__(self, seed: int, bundle_url: str, labels: str | dict[str, int] | None, count: int,
+                 threshold: float | None):
+        import torch
+
+        from factory.models import registry
+        from factory.models.bundle import load_bundle
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.bundle = load_bundle(bundle_url, device=self.device)
+        self.model = registry.spec(self.bundle.recipe).product(ImageSampling)
+        if self.model is None:
+            raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not make labelled images")
+        # The spec is checked when the run is planned; an actor handed a mismatched one stops the run.
+        if self.model.conditional != (threshold is None) or (labels is None) == self.model.conditional:
+            raise FactoryError(f"{bundle_url}: a {'conditional' if self.model.conditional else 'unconditional'} "
+                               f"{self.bundle.recipe} bundle was handed labels={labels!r}, threshold={threshold!r}")
+        self.seed = seed
+        self.threshold = threshold
+        self.z_dim = self.model.z_dim(self.bundle.model_config)
+        self.policy = None if labels is None else LabelPolicy(
+            self.bundle.label_names, labels, seed, count, self.bundle.metadata["training_data"].get("label_prior"))
+        self.source = {"kind": "bundle", "recipe": self.bundle.recipe, "bundle_id": self.bundle.bundle_id,
+                       "bundle_sha256": self.bundle.sha256}
+
+    def make_batch(self, indices: range) -> list[Sample | Dropped]:
+        labels, noise = [], []
+        for index in indices:
+            rng = np.random.default_rng([self.seed, index])
+            if self.policy is not None:
+                labels.append(self.policy.labels(index, rng))
+            noise.append(rng.standard_normal(self.z_dim, dtype=np.float32))
+        z = self.torch.from_numpy(np.stack(noise))
+        if self.policy is not None:
+            images = self.model.generate(self.bundle.nets, self.torch.from_numpy(np.stack(labels)), z)
+            confidences = [None] * len(images)
+        else:
+            images = self.model.generate(self.bundle.nets, None, z)
+            labels, confidences = self.model.pseudo_label(self.bundle.nets, images)
+        names = self.bundle.label_names
+        samples: list[Sample | Dropped] = []
+        for index, vector, image, confidence in zip(indices, labels, images, confidences):
+            if confidence is not None and confidence < self.threshold:
+                samples.append(Dropped(index, self.PSEUDO_LABEL_DROP))
+                continue
+            label = primary_label(vector, names)
+            metadata = {"kind": "image", "source": self.source,
+                        "labels": {name: float(v) for name, v in zip(names, vector)},
+                        "primary_label": names[label]}
+            if confidence is not None:
+                metadata["pseudo_label"] = {"confidence": float(confidence), "threshold": self.threshold}
+            samples.append(Sample(index=index, images={"png": image}, label=label, metadata=metadata))
         return samples
 
 

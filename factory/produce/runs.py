@@ -12,7 +12,7 @@ from factory import storage
 from factory.config import ProduceConfig, TranslateConfig, yaml_problem
 from factory.errors import BadInputError, FactoryError
 from factory.produce.pool import produce
-from factory.produce.producer_specs import BundlePairs, BundleTranslation, PhantomPairs, ProducerSpec
+from factory.produce.producer_specs import BundleImages, BundlePairs, BundleTranslation, PhantomPairs, ProducerSpec
 from factory.produce.shards import RunSpec, canonical_sha256
 
 
@@ -34,37 +34,59 @@ def label_policy(labels: str) -> str | dict[str, int]:
     return {str(k): int(v) for k, v in counts.items()}
 
 
+def _label_policy_for(config: ProduceConfig, bundle: dict[str, Any]) -> str | dict[str, int]:
+    """The run's label policy for a label-conditioned bundle, checked against the bundle before Ray starts."""
+    labels = label_policy(config.labels or "balanced")
+    if labels == "prior" and not bundle["training_data"].get("label_prior"):
+        raise BadInputError("--labels prior", "this bundle records no training label prior; "
+                                              "use balanced or explicit counts per combination")
+    if isinstance(labels, dict):
+        if sum(labels.values()) != config.count:
+            raise BadInputError(config.labels, f"label counts add up to {sum(labels.values())}, "
+                                               f"not the run's count {config.count}")
+        # The actors check names too, but only after Ray has started: a misspelt one stops the run here.
+        unknown = sorted({name for combo in labels for name in combo.split("+")} - set(bundle["label_names"]))
+        if unknown:
+            raise BadInputError(config.labels, f"unknown labels {unknown}; "
+                                               f"this bundle knows {bundle['label_names']}")
+    return labels
+
+
+def _bundle_producer(config: ProduceConfig) -> tuple[BundlePairs | BundleImages, str]:
+    """(producer, model name) of a bundle run; the producer follows from the product the model declares."""
+    from factory.models import registry
+    from factory.models.bundle import METADATA_NAME, read_metadata
+    from factory.models.spec import ImageSampling, PairSampling
+
+    bundle = read_metadata(config.bundle)  # its sha256 joins the run's identity
+    recipe = bundle["recipe"]
+    model = registry.spec(recipe)
+    pairs, images = model.product(PairSampling), model.product(ImageSampling)
+    if pairs is None and images is None:
+        makes = ", ".join(model.product_kinds) or "nothing to produce"
+        raise BadInputError(storage.join(config.bundle, METADATA_NAME),
+                            f"a {recipe} bundle makes {makes}, not image/report pairs or labelled images"
+                            + (" (use medsynth translate)" if "translations" in model.product_kinds else ""))
+    common = {"bundle": storage.absolute(config.bundle), "bundle_sha256": bundle["sha256"], "count": config.count}
+    if pairs is None and not images.conditional:
+        if config.labels is not None:
+            raise BadInputError("--labels", f"a {recipe} bundle is unconditional: its classifier labels the images "
+                                            "it makes, so labels are not chosen")
+        threshold = config.threshold if config.threshold is not None else images.threshold(bundle["model_config"])
+        return BundleImages(**common, threshold=float(threshold)), recipe
+    if config.threshold is not None:
+        raise BadInputError("--threshold", f"a {recipe} bundle is conditioned on the labels chosen; "
+                                           "a pseudo-label threshold applies to unconditional image bundles")
+    labels = _label_policy_for(config, bundle)
+    return (BundlePairs if pairs is not None else BundleImages)(**common, labels=labels), recipe
+
+
 def production_spec(config: ProduceConfig, command: str = "") -> tuple[ProducerSpec, RunSpec]:
     """(producer spec for the actors, run spec) of a production run. A bundle's producer follows from
-    what its model makes (its spec's products)."""
+    what its model makes (its spec's products): image/report pairs, else labelled images."""
+    producer: ProducerSpec
     if config.bundle is not None:
-        from factory.models import registry
-        from factory.models.bundle import METADATA_NAME, read_metadata
-        from factory.models.spec import PairSampling
-
-        bundle = read_metadata(config.bundle)  # its sha256 joins the run's identity
-        model = registry.spec(bundle["recipe"])
-        if model.product(PairSampling) is None:
-            makes = ", ".join(model.product_kinds) or "nothing to produce"
-            raise BadInputError(storage.join(config.bundle, METADATA_NAME),
-                                f"a {bundle['recipe']} bundle makes {makes}, not image/report pairs"
-                                + (" (use medsynth translate)" if "translations" in model.product_kinds else ""))
-        labels = label_policy(config.labels)
-        if labels == "prior" and not bundle["training_data"].get("label_prior"):
-            raise BadInputError("--labels prior", "this bundle records no training label prior; "
-                                                  "use balanced or explicit counts per combination")
-        if isinstance(labels, dict):
-            if sum(labels.values()) != config.count:
-                raise BadInputError(config.labels, f"label counts add up to {sum(labels.values())}, "
-                                                   f"not the run's count {config.count}")
-            # The actors check names too, but only after Ray has started: a misspelt one stops the run here.
-            unknown = sorted({name for combo in labels for name in combo.split("+")} - set(bundle["label_names"]))
-            if unknown:
-                raise BadInputError(config.labels, f"unknown labels {unknown}; "
-                                                   f"this bundle knows {bundle['label_names']}")
-        producer: ProducerSpec = BundlePairs(bundle=storage.absolute(config.bundle), bundle_sha256=bundle["sha256"],
-                                             labels=labels, count=config.count)
-        name = bundle["recipe"]
+        producer, name = _bundle_producer(config)
     else:
         producer = PhantomPairs(size=config.size)
         name = config.source

@@ -20,6 +20,7 @@ from factory.validation import SCHEMA_VERSION, dump_json
 # verified: plain WebDataset decoders act on extensions, and `.pyd` or `.pth` members are unpickled.
 SAMPLE_MEMBERS: dict[str, frozenset[str]] = {
     "pair": frozenset({"png", "txt", "cls", "json"}),
+    "image": frozenset({"png", "cls", "json"}),
     "translation": frozenset({"ct.png", "src.png", "json"}),
 }
 
