@@ -82,8 +82,8 @@ def test_products_decide_which_command_takes_a_bundle(tmp_path):
     """A bundle goes to the command that makes what its model makes, with one line naming the file."""
     duiit = str(tmp_path / "duiit")
     init_bundle(duiit, "duiit", size=32, width=2)
-    with pytest.raises(BadInputError, match=r"bundle.json: a duiit bundle makes translations, not image/report "
-                                            r"pairs \(use medsynth translate\)"):
+    with pytest.raises(BadInputError, match=r"bundle.json: a duiit bundle makes translations, not image/report pairs or "
+                                            r"labelled images \(use medsynth translate\)"):
         production_spec(ProduceConfig(bundle=duiit, count=4, out=str(tmp_path / "x")))
     judge = str(tmp_path / "judge")
     init_bundle(judge, "judge", size=32)
