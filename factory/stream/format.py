@@ -10,7 +10,7 @@ A sample (the same keys from a run, from a real StudyDataset wrapped by `study_s
                                  [0, 1] (or the stored integers as floats with scale="raw", e.g. CT
                                  as HU + 1024)
     images     dict[str, tensor] every image member by extension (`png`, `ct.png`, `src.png`), decoded alike
-    report     str | None        the `txt` member
+    report     str | None        the `txt` member (None for image and translation samples)
     labels     float32 tensor    the sample's labels in `label_names` order (1 present, 0 absent,
                                  -1 uncertain, NaN when the sample does not name that label)
     label      int               the `cls` member, index of the primary label (-1 when absent)
