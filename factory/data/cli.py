@@ -35,7 +35,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="skip unreadable studies (and count them) instead of stopping at the first")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse counts and sizes the writers cannot use, in one line naming the flag, before anything is written."""
+    from factory.errors import BadInputError
+
+    if args.kind != "cache" and args.count < 1:
+        raise BadInputError("--count", f"must be at least 1, got {args.count}")
+    if args.kind == "cxr":
+        from factory.data.phantoms.cxr import MAX_SIZE
+
+        low, high = 16, MAX_SIZE
+    elif args.kind == "brain":
+        from factory.data.phantoms.brain import SIZE_RANGE
+
+        low, high = SIZE_RANGE
+    else:
+        low, high = 1, None
+    if args.size is not None and not (low <= args.size and (high is None or args.size <= high)):
+        bound = f"lie in [{low}, {high}]" if high is not None else f"be at least {low}"
+        raise BadInputError("--size", f"must {bound}, got {args.size}")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     if args.kind == "cache":
         from factory.data.adapters import open_dataset
         from factory.data.cache import write_cache

@@ -39,10 +39,11 @@ def production_spec(config: ProduceConfig, command: str = "") -> tuple[ProducerS
     what its model makes (its spec's products)."""
     if config.bundle is not None:
         from factory.models import registry
-        from factory.models.bundle import METADATA_NAME, read_metadata
+        from factory.models.bundle import METADATA_NAME, read_metadata, verify_files
         from factory.models.spec import PairSampling
 
         bundle = read_metadata(config.bundle)  # its sha256 joins the run's identity
+        verify_files(config.bundle, bundle)  # damaged weights are refused before Ray starts
         model = registry.spec(bundle["recipe"])
         if model.product(PairSampling) is None:
             makes = ", ".join(model.product_kinds) or "nothing to produce"
@@ -92,11 +93,12 @@ def translation_spec(config: TranslateConfig, command: str = "", progress: bool 
     The run's identity holds the bundle's sha256 and the plan's sha256 (which covers labels.csv and
     every study's slice count), so translating changed data or with another bundle is another run."""
     from factory.models import registry
-    from factory.models.bundle import METADATA_NAME, read_metadata
+    from factory.models.bundle import METADATA_NAME, read_metadata, verify_files
     from factory.models.spec import Translation
     from factory.produce.translate_plan import build_plan
 
     bundle = read_metadata(config.bundle)
+    verify_files(config.bundle, bundle)  # damaged weights are refused before Ray starts
     model_config = bundle["model_config"]
     if registry.spec(bundle["recipe"]).product(Translation) is None:
         raise FactoryError(f"{storage.join(config.bundle, METADATA_NAME)}: a {bundle['recipe']} bundle does not "
