@@ -60,8 +60,15 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     if args.kind == "cache":
         from factory.data.adapters import open_dataset
-        from factory.data.cache import write_cache
+        from factory.data.cache import CachedDataset, write_cache
+        from factory.errors import BadInputError
 
+        try:
+            CachedDataset(args.out)
+        except BadInputError:
+            pass  # nothing there, or an unfinished cache: (re)write it
+        else:  # a failed rewrite would lose a finished cache
+            raise BadInputError(args.out, "already holds a finished cache; choose another --out")
         dataset = open_dataset(args.root, args.layout, size=args.size, skip_bad=args.skip_bad)
         cache = write_cache(dataset, args.out)
         print(f"{len(cache)} studies cached at {args.out}; {len(cache.skipped)} skipped")
