@@ -54,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and friends
         sys.stderr.close()
         return 0
+    except Exception as err:  # an object store's failure raised outside factory.storage's functions
+        from factory.storage import remote_problem
+
+        problem = remote_problem(err)
+        if problem is None:
+            raise
+        print(f"medsynth {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"medsynth {args.command}: interrupted; committed shards are kept, run again to resume",
               file=sys.stderr)

@@ -26,13 +26,29 @@ def ray_worker_env() -> dict[str, str]:
 
 
 def connect_ray():
+    import os
+
     import ray
 
     if not ray.is_initialized():
+        check_ray_address(os.environ.get("RAY_ADDRESS", ""))
         # RAY_ADDRESS, when set, points at an existing cluster; otherwise a local one starts. Workers'
         # logs stay in Ray's log folder; failures reach the driver as exceptions.
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     return ray
+
+
+def check_ray_address(address: str) -> None:
+    """An unreachable cluster address (RAY_ADDRESS, `host:port` or `ray://host:port`) is refused within
+    factory.network's tries: ray.init itself waits for minutes on a closed port."""
+    from factory import network
+
+    target = address.removeprefix("ray://")
+    if target in ("", "auto", "local") or ":" not in target or "://" in target:
+        return
+    host, _, port = target.rpartition(":")
+    if port.isdigit():
+        network.wait_for_port(host.strip("[]"), int(port), f"RAY_ADDRESS={address}")
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from typing import IO, Any, Iterator, Mapping
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from factory import network
 from factory.errors import BadInputError, StorageError
 
 StorageOptions = Mapping[str, Any] | None
@@ -70,7 +71,11 @@ def filesystem(url: str, storage_options: StorageOptions = None) -> tuple[fsspec
     options = dict(storage_options or {})
     if protocol_of(url) == "s3":
         options = {**s3_options_from_env(), **options}
+        # Every S3 call waits and retries as factory.network says; explicit config_kwargs win key by key.
+        options["config_kwargs"] = {**network.botocore_config(), **options.get("config_kwargs", {})}
     fs, path = fsspec.core.url_to_fs(url, **options)
+    if protocol_of(url) == "s3" and not options.get("skip_instance_cache"):
+        fs.retries = network.settings().attempts  # s3fs's own tries of a body cut off mid-read
     return fs, path
 
 
@@ -93,41 +98,67 @@ def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
     return not isinstance(fs, LocalFileSystem) and "memory" not in fs.protocol
 
 
-def open_file(url: str, mode: str = "rb", storage_options: StorageOptions = None, **kwargs) -> IO:
-    fs, path = filesystem(url, storage_options)
+def remote_problem(err: BaseException) -> str | None:
+    """storage_problem for errors that come from the object store (botocore's, also when s3fs re-raises
+    them as OSError); None for any other exception."""
+    from botocore import exceptions as boto
+
+    remote = (boto.BotoCoreError, boto.ClientError)
+    if isinstance(err, remote) or isinstance(err.__cause__, remote):
+        return storage_problem(err)
+    return None
+
+
+@contextlib.contextmanager
+def reported(url: str) -> Iterator[None]:
+    """An object store's failure (unreachable after the retries, refused keys ...) as StorageError: one
+    line naming `url`."""
     try:
-        return fs.open(path, mode, **kwargs)
+        yield
     except FileNotFoundError as err:
         raise BadInputError(url, "not found") from err
+    except StorageError:
+        raise
+    except Exception as err:
+        problem = remote_problem(err)
+        if problem is None:
+            raise
+        raise StorageError(url, problem) from err
+
+
+def open_file(url: str, mode: str = "rb", storage_options: StorageOptions = None, **kwargs) -> IO:
+    fs, path = filesystem(url, storage_options)
+    with reported(url):
+        return fs.open(path, mode, **kwargs)
 
 
 def exists(url: str, storage_options: StorageOptions = None) -> bool:
     fs, path = filesystem(url, storage_options)
-    return fs.exists(path)
+    with reported(url):
+        return fs.exists(path)
 
 
 def size(url: str, storage_options: StorageOptions = None) -> int:
     fs, path = filesystem(url, storage_options)
-    try:
+    with reported(url):
         return int(fs.size(path))
-    except FileNotFoundError as err:
-        raise BadInputError(url, "not found") from err
 
 
 def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
     fs, path = filesystem(url, storage_options)
-    try:
+    with reported(url):
         return fs.cat_file(path)
-    except FileNotFoundError as err:
-        raise BadInputError(url, "not found") from err
 
 
 def list_names(url: str, storage_options: StorageOptions = None) -> list[str]:
     """Names of the objects directly under `url` (sorted); empty when it does not exist."""
     fs, path = filesystem(url, storage_options)
     try:
-        entries = fs.ls(path, detail=False, refresh=True) if is_object_store(fs) else fs.ls(path, detail=False)
-    except FileNotFoundError:
+        with reported(url):
+            entries = fs.ls(path, detail=False, refresh=True) if is_object_store(fs) else fs.ls(path, detail=False)
+    except BadInputError as err:
+        if isinstance(err, StorageError):
+            raise
         return []
     return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
 
@@ -135,7 +166,7 @@ def list_names(url: str, storage_options: StorageOptions = None) -> list[str]:
 def sha256(url: str, storage_options: StorageOptions = None) -> str:
     """Hex sha256 of an object's bytes, streamed."""
     digest = hashlib.sha256()
-    with open_file(url, "rb", storage_options) as f:
+    with open_file(url, "rb", storage_options) as f, reported(url):
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

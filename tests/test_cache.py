@@ -56,7 +56,7 @@ def test_images_without_a_common_size_are_refused(tmp_path):
     for name, shape in (("a.png", (10, 12)), ("b.png", (14, 9))):
         Image.fromarray(np.zeros(shape, np.uint8)).save(tmp_path / name)
     (tmp_path / "labels.csv").write_text("path\na.png\nb.png\n")
-    with pytest.raises(ValueError, match="fixed size"):
+    with pytest.raises(BadInputError, match=r"^study b: image shape \(1, 14, 9\) differs .* fixed size \(--size\)"):
         write_cache(open_dataset(str(tmp_path), "folder"), str(tmp_path / "c.zarr"), progress=False)
 
 

@@ -83,8 +83,8 @@ def write_cache(dataset: StudyDataset, url: str, chunk: int = 64,
             labels = group.create_array("labels", shape=(total, len(study.labels)),
                                         chunks=(max(chunk, 1024), len(study.labels)), dtype="float32")
         elif image.shape != images.shape[1:]:
-            raise ValueError(f"study {study.study_id}: image shape {image.shape} differs from {images.shape[1:]}; "
-                             "open the dataset with a fixed size to cache it")
+            raise BadInputError(f"study {study.study_id}", f"image shape {image.shape} differs from "
+                                f"{images.shape[1:]}; open the dataset with a fixed size (--size) to cache it")
         buffer_images.append(image)
         buffer_labels.append(study.labels.detach().cpu().numpy().astype(np.float32, copy=False))
         ids.append(study.study_id)

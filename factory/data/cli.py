@@ -35,11 +35,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="skip unreadable studies (and count them) instead of stopping at the first")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse counts and sizes the writers cannot use, in one line naming the flag, before anything is written."""
+    from factory.errors import BadInputError
+
+    if args.kind != "cache" and args.count < 1:
+        raise BadInputError("--count", f"must be at least 1, got {args.count}")
+    if args.kind == "cxr":
+        from factory.data.phantoms.cxr import MAX_SIZE
+
+        low, high = 16, MAX_SIZE
+    elif args.kind == "brain":
+        from factory.data.phantoms.brain import SIZE_RANGE
+
+        low, high = SIZE_RANGE
+    else:
+        low, high = 1, None
+    if args.size is not None and not (low <= args.size and (high is None or args.size <= high)):
+        bound = f"lie in [{low}, {high}]" if high is not None else f"be at least {low}"
+        raise BadInputError("--size", f"must {bound}, got {args.size}")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     if args.kind == "cache":
         from factory.data.adapters import open_dataset
-        from factory.data.cache import write_cache
+        from factory.data.cache import CachedDataset, write_cache
+        from factory.errors import BadInputError
 
+        try:
+            CachedDataset(args.out)
+        except BadInputError:
+            pass  # nothing there, or an unfinished cache: (re)write it
+        else:  # a failed rewrite would lose a finished cache
+            raise BadInputError(args.out, "already holds a finished cache; choose another --out")
         dataset = open_dataset(args.root, args.layout, size=args.size, skip_bad=args.skip_bad)
         cache = write_cache(dataset, args.out)
         print(f"{len(cache)} studies cached at {args.out}; {len(cache.skipped)} skipped")

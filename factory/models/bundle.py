@@ -122,6 +122,17 @@ def read_metadata(url: str) -> dict[str, Any]:
     return metadata
 
 
+def verify_files(url: str, metadata: Mapping[str, Any]) -> None:
+    """Check each file `metadata` lists against its size and sha256, streamed: drivers refuse a damaged
+    bundle before any worker starts (load_bundle checks the bytes it loads again)."""
+    for entry in metadata["files"]:
+        file_url = storage.join(url, entry["name"])
+        found, digest = storage.size(file_url), storage.sha256(file_url)
+        if found != entry["bytes"] or digest != entry["sha256"]:
+            raise IntegrityError(file_url, f"{found} bytes with sha256 {digest}; bundle.json promises "
+                                           f"{entry['bytes']} bytes with sha256 {entry['sha256']}")
+
+
 def load_bundle(url: str, device: str | torch.device = "cpu") -> Bundle:
     """Verify and load a bundle: networks rebuilt by recipe name, weights loaded, eval mode."""
     metadata = read_metadata(url)

@@ -30,6 +30,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from factory import storage
+    from factory.errors import BadInputError
+    from factory.models.bundle import METADATA_NAME
+
+    existing = storage.join(args.out, METADATA_NAME)
+    if storage.exists(existing):  # a trained bundle is never replaced by random weights
+        raise BadInputError(existing, "already holds a bundle; choose another --out")
     sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
     metadata = init_bundle(args.out, args.recipe, size=args.size, width=args.width, seed=args.seed, sources=sources)
     print(f"{metadata['bundle_id']}  {args.out}  (untrained, {metadata['files'][0]['bytes']:,} bytes of weights)")

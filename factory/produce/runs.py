@@ -55,10 +55,11 @@ def _label_policy_for(config: ProduceConfig, bundle: dict[str, Any]) -> str | di
 def _bundle_producer(config: ProduceConfig) -> tuple[BundlePairs | BundleImages, str]:
     """(producer, model name) of a bundle run; the producer follows from the product the model declares."""
     from factory.models import registry
-    from factory.models.bundle import METADATA_NAME, read_metadata
+    from factory.models.bundle import METADATA_NAME, read_metadata, verify_files
     from factory.models.spec import ImageSampling, PairSampling
 
     bundle = read_metadata(config.bundle)  # its sha256 joins the run's identity
+    verify_files(config.bundle, bundle)  # damaged weights are refused before Ray starts
     recipe = bundle["recipe"]
     model = registry.spec(recipe)
     pairs, images = model.product(PairSampling), model.product(ImageSampling)
@@ -114,11 +115,12 @@ def translation_spec(config: TranslateConfig, command: str = "", progress: bool 
     The run's identity holds the bundle's sha256 and the plan's sha256 (which covers labels.csv and
     every study's slice count), so translating changed data or with another bundle is another run."""
     from factory.models import registry
-    from factory.models.bundle import METADATA_NAME, read_metadata
+    from factory.models.bundle import METADATA_NAME, read_metadata, verify_files
     from factory.models.spec import Translation
     from factory.produce.translate_plan import build_plan
 
     bundle = read_metadata(config.bundle)
+    verify_files(config.bundle, bundle)  # damaged weights are refused before Ray starts
     model_config = bundle["model_config"]
     if registry.spec(bundle["recipe"]).product(Translation) is None:
         raise FactoryError(f"{storage.join(config.bundle, METADATA_NAME)}: a {bundle['recipe']} bundle does not "

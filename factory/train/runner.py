@@ -65,6 +65,10 @@ def train(config: TrainConfig, progress: bool = True):
         recipe = get_recipe(config.recipe)
     except KeyError as err:
         raise BadInputError("recipe", err.args[0]) from err
+    # Unusable locations are refused before the data is cached and before Ray starts.
+    storage.check_writable(config.storage_path)
+    if config.bundle_out:
+        storage.check_writable(config.bundle_out)
     prepared = prepare_data(config, recipe, progress)
     connect_ray()
     storage_path, filesystem = _ray_storage(config)
