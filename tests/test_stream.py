@@ -247,3 +247,20 @@ def test_bad_runs_name_the_file(tmp_path):
     storage.remove(shard)
     with pytest.raises(BadInputError, match=r"shard-000001.tar: not found"):
         list(open_run(url))
+
+
+def test_numpy_arrays_hold_the_same_values_as_tensors(storage_root):
+    url = make_run(storage_root)
+    tensors = list(open_run(url, label_names=LABELS))
+    arrays = list(open_run(url, label_names=LABELS, arrays="numpy"))
+    assert keys(arrays) == KEYS
+    for tensor_sample, array_sample in zip(tensors, arrays):
+        image = array_sample["image"]
+        assert isinstance(image, np.ndarray) and image.dtype == np.float32 and image.flags.c_contiguous
+        np.testing.assert_array_equal(image, tensor_sample["image"].numpy())
+        np.testing.assert_array_equal(array_sample["labels"], tensor_sample["labels"].numpy())
+    batch = next(iter(open_run(url, label_names=LABELS, arrays="numpy").batched(4, collation_fn=collate)))
+    assert isinstance(batch["image"], np.ndarray) and batch["image"].shape == (4, 1, 16, 12)
+    assert batch["label"].dtype == np.int64 and batch["labels"].shape == (4, 3)
+    with pytest.raises(ValueError, match="arrays must be one of"):
+        open_run(url, arrays="jax")

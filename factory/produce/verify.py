@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from factory.errors import IntegrityError
+from factory.errors import FactoryError, IntegrityError
 from factory.produce.shards import read_sidecar, sidecar_name, verify_shard
 from factory.produce.volumes import verify_volumes
 from factory.storage import StorageOptions
@@ -27,4 +27,9 @@ def verify_run(out: str, manifest: dict[str, Any], storage_options: StorageOptio
                                      else "does not match the shard's record in the manifest")
     volumes = (manifest.get("extra") or {}).get("volumes")
     if volumes:
+        try:
+            import zarr  # noqa: F401
+        except ModuleNotFoundError as err:
+            raise FactoryError(f"{out} holds Zarr volumes; verifying them needs zarr: "
+                               "pip install 'medsynth-factory[volumes]'") from err
         verify_volumes(out, volumes, deep=deep)

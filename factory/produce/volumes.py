@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
@@ -41,8 +41,10 @@ from factory.data.hounsfield import CT_PNG_OFFSET
 from factory.errors import FactoryError, IntegrityError
 from factory.produce.samples import sample_key
 from factory.produce.shards import RunSpec, read_tar_members
-from factory.produce.translate_plan import PlannedStudy
 from factory.raytools import connect_ray, dispatch_bounded
+
+if TYPE_CHECKING:  # the plan reads source volumes (torch adapters); verifying a run needs only zarr
+    from factory.produce.translate_plan import PlannedStudy
 
 log = logging.getLogger(__name__)
 

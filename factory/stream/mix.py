@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-import torch
+from webdataset.pytorch import IterableDataset
 
 from factory.errors import FactoryError
 from factory.stream.topology import derive_seed, resolve_topology, worker_info
@@ -20,7 +20,7 @@ from factory.stream.topology import derive_seed, resolve_topology, worker_info
 REAL, SYNTHETIC = "real", "synthetic"
 
 
-class Mix(torch.utils.data.IterableDataset):
+class Mix(IterableDataset):  # torch's where torch is installed, as webdataset's pipelines
     """Samples from `real` and `synthetic`, each tagged `__source__`; a sample is synthetic with
     probability `ratio`. It ends when the source drawn is exhausted, or with longest=True when both are."""
 

@@ -33,7 +33,7 @@ from factory.data.labels import CXR_LABELS
 from factory.errors import BadInputError, IntegrityError
 from factory.run_manifest import manifest_url, read_manifest
 from factory.storage import StorageOptions
-from factory.stream.format import LabelFilter, SampleDecoder
+from factory.stream.format import LabelFilter, SampleDecoder, check_arrays
 from factory.stream.topology import Topology, derive_seed, resolve_topology, worker_info
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,12 @@ SHUFFLE_INITIAL_SHARE = 0.5
 
 
 class RunStream(wds.DataPipeline, wds.FluidInterface):
-    """An iterable of sample dicts (see factory.stream.format) over one run; a torch IterableDataset,
-    with webdataset's fluent methods (.batched, .map, .with_epoch ...). Build it with `open_run`."""
+    """An iterable of sample dicts (see factory.stream.format) over one run; a torch IterableDataset
+    where torch is installed (webdataset's pipelines are), with webdataset's fluent methods (.batched, .map, .with_epoch ...). Build it with `open_run`."""
 
     def __init__(self, url: str, manifest: dict[str, Any], *, labels: Sequence[str] | None,
                  exclude: Sequence[str] | None, shuffle: int, seed: int, resample: bool, topology: Topology,
-                 label_names: Sequence[str], scale: str, storage_options: StorageOptions):
+                 label_names: Sequence[str], scale: str, storage_options: StorageOptions, arrays: str = "torch"):
         super().__init__()
         self.url = url
         self.manifest = manifest
@@ -77,7 +77,7 @@ class RunStream(wds.DataPipeline, wds.FluidInterface):
             self.append(wds.select(self.label_filter))
         if self.shuffle_buffer > 0:
             self.append(self._shuffle)
-        self.append(wds.map(SampleDecoder(self.label_names, scale)))
+        self.append(wds.map(SampleDecoder(self.label_names, scale, arrays)))
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed shard order and shuffling for this epoch; call it before each epoch, as with a
@@ -154,6 +154,7 @@ def open_run(
     label_names: Sequence[str] = CXR_LABELS,
     scale: str = "unit",
     storage_options: StorageOptions = None,
+    arrays: str = "torch",
 ) -> RunStream:
     """Stream the samples of the finished run at `url` (a local folder or s3:// prefix).
 
@@ -161,9 +162,11 @@ def open_run(
     shuffle: shuffle buffer size in samples (0 reads shards and samples in order); `seed` seeds it.
     resample: draw shards with replacement for ever (pair with .with_epoch(n) or islice).
     rank / world_size: override the rank found in Ray Train, torch.distributed or RANK/WORLD_SIZE.
-    label_names: the order of the `labels` tensor. scale: "unit" ([0, 1]) or "raw" (stored integers).
+    label_names: the order of the `labels` vector. scale: "unit" ([0, 1]) or "raw" (stored integers).
+    arrays: "torch" (tensors) or "numpy" (arrays; what a consumer without torch asks for).
     """
     url = storage.absolute(url)
+    check_arrays(arrays)
     manifest = read_manifest(url, storage_options)
     source = manifest_url(url)
     if manifest["count"] == 0:
@@ -179,4 +182,4 @@ def open_run(
         raise BadInputError(source, f"shuffle: buffer size must be >= 0, got {shuffle}")
     return RunStream(url, manifest, labels=labels, exclude=exclude, shuffle=shuffle, seed=seed, resample=resample,
                      topology=resolve_topology(rank, world_size), label_names=label_names, scale=scale,
-                     storage_options=storage_options)
+                     storage_options=storage_options, arrays=arrays)

@@ -7,14 +7,16 @@ permutation that all ranks share, so every study is seen exactly once per epoch.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
-import torch
+from webdataset.pytorch import IterableDataset
 
-from factory.data.dataset import Study, StudyDataset
 from factory.stream.format import LabelFilter, label_vector
 from factory.stream.topology import Topology, derive_seed, resolve_topology, worker_info
+
+if TYPE_CHECKING:  # a StudyDataset holds torch tensors; the base install (no torch) never builds one
+    from factory.data.dataset import Study, StudyDataset
 
 
 def primary_label(labels: dict[str, float], label_names: Sequence[str]) -> int:
@@ -26,7 +28,7 @@ def primary_label(labels: dict[str, float], label_names: Sequence[str]) -> int:
     return list(label_names).index("No Finding") if "No Finding" in label_names else -1
 
 
-class StudySamples(torch.utils.data.IterableDataset):
+class StudySamples(IterableDataset):  # torch's where torch is installed, as webdataset's pipelines
     def __init__(self, dataset: StudyDataset, *, shuffle: bool = False, seed: int = 0,
                  labels: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
                  label_names: Sequence[str] | None = None, topology: Topology | None = None, name: str = "real"):

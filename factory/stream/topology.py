@@ -49,6 +49,10 @@ def _ray_train_topology() -> Topology | None:
 
 
 def _torch_topology() -> Topology | None:
+    # Likewise an initialised process group needs torch.distributed imported already (and torch,
+    # not in the base install, may be absent).
+    if "torch.distributed" not in sys.modules:
+        return None
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
