@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("factory.produce.inspect", "summarise and verify a run, or extract one sample"),
     "bench": ("factory.bench.cli", "run a benchmark and write its JSON results"),
 }
+# The extra (pyproject.toml) that brings what each command needs beyond the base install; `inspect`
+# needs none (it asks for [volumes] itself where a run has Zarr volumes).
+COMMAND_EXTRAS = {"demo": "all", "data": "produce", "train": "train", "bundle": "produce", "produce": "produce",
+                  "translate": "produce", "evaluate": "eval", "bench": "all"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except FactoryError as err:
         print(f"medsynth {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] == "factory" or args.command not in COMMAND_EXTRAS:
+            raise
+        print(f"medsynth {args.command}: error: {err.name} is not installed; this command needs "
+              f"pip install 'medsynth-factory[{COMMAND_EXTRAS[args.command]}]'", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and friends
         sys.stderr.close()
