@@ -48,8 +48,31 @@ def test_launcher_yaml_survives_ray_up_preparation(path, launcher_schema):
     prepared = prepare_config(copy.deepcopy(load(path)))
     validate_config(prepared)
     assert prepared["provider"]["type"] == "aws"
-    assert any("pip install" in c and "~/medsynth" in c for c in prepared["worker_setup_commands"])
-    assert prepared["file_mounts"] == {"~/medsynth": "."}
+    # Nodes run the project's image; nothing installs the package on them (Ray's own defaults, such as
+    # boto3 for the head's AWS autoscaler, stay).
+    assert load(path)["setup_commands"] == [] and "file_mounts" not in load(path)
+    commands = [c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands")
+                for c in prepared.get(key, [])]
+    assert not [c for c in commands if "medsynth" in c or "pip install ." in c], commands
+    assert prepared["docker"]["image"] == k8s_image()
+
+
+def k8s_image() -> str:
+    """The image the Kubernetes manifests run (k8s/Dockerfile), as name:tag."""
+    kustomization = load(CLUSTER.parent / "k8s" / "kustomization.yaml")
+    (image,) = kustomization["images"]
+    return f"{image['name']}:{image['newTag']}"
+
+
+def test_gpu_training_config_fills_the_training_launchers_gpu_nodes():
+    from factory.config import TrainConfig, load_config
+
+    config = load_config(TrainConfig, CLUSTER.parent / "jobs" / "configs" / "train-gpu.yaml")
+    assert config.use_gpu and config.precision == "bf16"
+    gpu_types = [n for n in worker_types(CLUSTER / "aws-train.yaml").values() if n["resources"].get("GPU")]
+    assert any(config.workers % n["resources"]["GPU"] == 0 and config.workers <= n["resources"]["GPU"] * n["max_workers"]
+               and config.cpus_per_worker * n["resources"]["GPU"] <= n["resources"]["CPU"] for n in gpu_types)
+    assert "jobs/configs/train-gpu.yaml" in (CLUSTER / "aws-train.yaml").read_text()
 
 
 def test_schema_rejects_an_unknown_node_type_field(launcher_schema):

@@ -1,18 +1,24 @@
 """k8s/: every manifest against the KubeRay v1 CRD schemas (unknown fields are errors, as the API
-server prunes them) and core objects for the fields they need; the kustomization against the files."""
+server prunes them) and core objects for the fields they need; the kustomization against the files;
+each RayJob's worker groups against the job config it runs."""
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import shutil
 import subprocess
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+
+from factory.config import BenchConfig, EvaluateConfig, ProduceConfig, TrainConfig, TranslateConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
@@ -168,7 +174,7 @@ def gpu_limit(group: dict) -> str | None:
 def test_rayjob_runs_a_job_entrypoint_and_cleans_up(item):
     path, job = item
     spec = job["spec"]
-    match = re.fullmatch(r"python jobs/(\w+)\.py --config (jobs/configs/\w+\.yaml)", spec["entrypoint"])
+    match = re.fullmatch(r"python jobs/(\w+)\.py --config (jobs/configs/[\w-]+\.yaml)", spec["entrypoint"])
     assert match, f"{path}: entrypoint {spec['entrypoint']!r} is not `python jobs/X.py --config ...`"
     assert match[1] in JOB_ENTRYPOINTS, path
     assert spec["shutdownAfterJobFinishes"] is True
@@ -181,7 +187,7 @@ def test_rayjob_runs_a_job_entrypoint_and_cleans_up(item):
 @pytest.mark.parametrize("item", ray_objects("RayJob"), ids=doc_id)
 def test_rayjob_entrypoint_and_config_exist(item):
     path, job = item
-    script, config = re.findall(r"jobs/[\w/]+\.(?:py|yaml)", job["spec"]["entrypoint"])
+    script, config = re.findall(r"jobs/[\w/-]+\.(?:py|yaml)", job["spec"]["entrypoint"])
     if not (REPO / script).is_file():
         # Issue 7 item 1 adds the entrypoints one by one; this check turns on as each lands.
         pytest.skip(f"{script} is not in the repository yet")
@@ -212,6 +218,128 @@ def test_ray_containers_get_storage_settings_from_configmap_and_secret(item):
             refs = container["envFrom"]
             assert {"secretRef": {"name": "medsynth-s3"}} in refs, f"{path}: {container['name']}"
             assert {"configMapRef": {"name": "medsynth-storage"}} in refs, f"{path}: {container['name']}"
+
+
+# --- Each RayJob against the job config it runs --------------------------------------------------
+
+JOB_MODELS = {"train": TrainConfig, "produce": ProduceConfig, "translate": TranslateConfig,
+              "evaluate": EvaluateConfig, "bench": BenchConfig}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    cpus: float  # per pod
+    gpus: float
+    replicas: int
+    min: int
+    max: int
+
+
+def cpu_quantity(value: str) -> float:
+    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+
+
+def worker_groups(job: dict) -> list[Group]:
+    groups = []
+    for spec in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+        limits = spec["template"]["spec"]["containers"][0]["resources"]["limits"]
+        groups.append(Group(spec["groupName"], cpu_quantity(limits["cpu"]), float(limits.get("nvidia.com/gpu", 0)),
+                            spec.get("replicas", 0), spec["minReplicas"], spec["maxReplicas"]))
+    return groups
+
+
+def job_config(job: dict):
+    """(job name, config path, validated config) of the RayJob's entrypoint."""
+    match = re.fullmatch(r"python jobs/(\w+)\.py --config (jobs/configs/[\w-]+\.yaml)", job["spec"]["entrypoint"])
+    return match[1], match[2], load_config(JOB_MODELS[match[1]], REPO / match[2])
+
+
+def disagreements(job: dict, name: str, config) -> list[str]:
+    """Where the RayJob's groups and the config it runs do not fit each other: the work the config asks
+    for (Ray Train workers, pool actors, or the driver alone) must fit the groups that offer its kind
+    of resource, and every other group must hold no pod; GPU training runs bf16 with one worker per GPU
+    the job starts."""
+    spec = job["spec"]
+    groups = worker_groups(job)
+    problems = []
+    if spec["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].get("num-cpus") != "0":
+        problems.append("the head must take no work (num-cpus: 0), or work lands outside the groups checked here")
+    if name == "train":
+        units, cpus, gpus = config.workers, config.cpus_per_worker, 1.0 if config.use_gpu else 0.0
+    elif name in ("produce", "translate"):
+        units, cpus, gpus = config.actors, config.cpus_per_actor, config.gpus_per_actor
+    else:  # the job's driver does the work
+        units, cpus, gpus = 1, float(spec.get("entrypointNumCpus", 0)), float(spec.get("entrypointNumGpus", 0))
+        if cpus == 0:
+            problems.append("a driver-only job must reserve a worker pod's CPUs (entrypointNumCpus), "
+                            "or it runs on the head")
+    used = [g for g in groups if (g.gpus > 0) == (gpus > 0)]
+    kind = "GPU" if gpus else "CPU"
+
+    def per_pod(group: Group) -> int:
+        fits = [group.cpus / cpus] if cpus else []
+        fits += [group.gpus / gpus] if gpus else []
+        return math.floor(min(fits)) if fits else 0
+
+    if not used:
+        problems.append(f"{units} x {cpus} CPU, {gpus} GPU asked for and no {kind} group")
+    elif not any(per_pod(g) >= 1 for g in used):
+        problems.append(f"one unit ({cpus} CPU, {gpus} GPU) fits no {kind} pod")
+    elif sum(g.max * per_pod(g) for g in used) < units:
+        problems.append(f"{units} units of {cpus} CPU, {gpus} GPU do not fit the {kind} groups at their maximum")
+    for group in groups:
+        if group not in used and (group.replicas or group.min):
+            problems.append(f"group {group.name} ({group.gpus} GPU) holds pods the config never uses")
+    if name == "train" and config.use_gpu:
+        started = sum(g.replicas * g.gpus for g in used)
+        if config.workers != started:
+            problems.append(f"workers: {config.workers}, but the job starts {started:g} GPUs")
+        if config.precision != "bf16":
+            problems.append(f"precision {config.precision} on GPUs (bf16 expected)")
+        for group in used:
+            if not group.min == group.replicas == group.max:
+                problems.append(f"group {group.name}: Ray Train needs every worker at once, so a fixed size")
+    return problems
+
+
+@pytest.mark.parametrize("item", ray_objects("RayJob"), ids=doc_id)
+def test_rayjob_groups_match_the_config_it_runs(item):
+    path, job = item
+    name, config_path, config = job_config(job)
+    assert disagreements(job, name, config) == [], f"{path} runs {config_path}"
+
+
+def test_train_job_runs_gpu_training_in_bf16():
+    (path, job), = [(p, d) for p, d in ray_objects("RayJob") if d["metadata"]["name"] == "medsynth-train"]
+    _, _, config = job_config(job)
+    assert config.use_gpu and config.precision == "bf16" and config.workers == 4, path
+
+
+def test_disagreements_catch_cpu_training_on_gpu_workers_and_idle_groups():
+    (_, job), = [(p, d) for p, d in ray_objects("RayJob") if d["metadata"]["name"] == "medsynth-train"]
+    cpu_fp32 = load_config(TrainConfig, REPO / "jobs" / "configs" / "train.yaml")  # 2 CPU workers, fp32
+    problems = disagreements(job, "train", cpu_fp32)
+    assert any("no CPU group" in p for p in problems) and any("holds pods the config never uses" in p
+                                                              for p in problems)
+    gpu = load_config(TrainConfig, REPO / "jobs" / "configs" / "train-gpu.yaml")
+    assert any("workers: 2, but the job starts 4 GPUs" in p
+               for p in disagreements(job, "train", gpu.model_copy(update={"workers": 2})))
+    (_, translate), = [(p, d) for p, d in ray_objects("RayJob") if d["metadata"]["name"] == "medsynth-translate"]
+    config = load_config(TranslateConfig, REPO / "jobs" / "configs" / "translate.yaml")
+    assert any("do not fit" in p for p in disagreements(translate, "translate", config.model_copy(update={"actors": 9})))
+
+
+def test_every_ray_object_runs_the_ray_version_the_package_pins():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = {re.search(r"==([\d.]+)", r)[1] for group in project["optional-dependencies"].values()
+            for r in group if r.startswith("ray[")}
+    assert len(pins) == 1
+    (pin,) = pins
+    assert f"FROM rayproject/ray:{pin}-" in (K8S / "Dockerfile").read_text()
+    for path, doc in ray_objects():
+        cluster = doc["spec"].get("rayClusterSpec", doc["spec"])
+        assert cluster["rayVersion"] == pin, path
 
 
 # --- Every pod: images, non-root, quantities -----------------------------------------------------
