@@ -2,14 +2,16 @@
 torch) and inspect it. A script, run by tests/test_install.py in a subprocess, either in a fresh venv
 with the base install or in the project's venv with every extra's packages blocked:
 
-    python tests/base_consumer.py RUN --labels A,B [--block torch,ray,...]
+    python tests/base_consumer.py RUN --labels A,B --train-config jobs/configs/train.yaml [--block torch,...]
 
 It prints what it saw as one JSON line, last."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.abc
+import io
 import json
 import sys
 
@@ -34,6 +36,7 @@ def main() -> int:
     parser.add_argument("run")
     parser.add_argument("--labels", required=True)
     parser.add_argument("--block", default="")
+    parser.add_argument("--train-config", required=True, help="a valid training config (jobs/configs/train.yaml)")
     args = parser.parse_args()
     if args.block:
         sys.meta_path.insert(0, Block(set(args.block.split(","))))
@@ -57,6 +60,8 @@ def main() -> int:
     except FactoryError as err:
         default_refusal = str(err)
     inspect_rc = medsynth(["inspect", args.run])
+    with contextlib.redirect_stderr(io.StringIO()) as train_err:  # a command of an extra not installed
+        train_rc = medsynth(["train", args.train_config, "--set", "steps=1"])
     print(json.dumps({
         "count": len(samples),
         "keys": [s["__key__"] for s in samples],
@@ -67,6 +72,7 @@ def main() -> int:
         "mixed": len(mixed),
         "default_refusal": default_refusal,
         "inspect_rc": inspect_rc,
+        "train": [train_rc, train_err.getvalue().strip()],
         "heavy_loaded": sorted({m.split(".")[0] for m in sys.modules} & HEAVY),
     }))
     return 0
