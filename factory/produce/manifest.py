@@ -8,6 +8,7 @@ from typing import Any, Iterable
 
 from factory import storage
 from factory.errors import BadInputError, FactoryError
+from factory.produce.card import card_url, write_card
 from factory.produce.shards import RunSpec, check_belongs
 from factory.storage import StorageOptions
 from factory.run_manifest import manifest_url, read_manifest
@@ -49,6 +50,12 @@ def write_manifest(out: str, manifest: dict[str, Any], storage_options: StorageO
     storage.atomic_put(url, dump_json(manifest, "manifest", url), storage_options)
 
 
+def finish_run(out: str, spec: RunSpec, manifest: dict[str, Any], storage_options: StorageOptions = None) -> None:
+    """The last two writes of a run: its dataset card (factory.produce.card), then its manifest."""
+    write_card(out, manifest, spec.seed, storage_options)
+    write_manifest(out, manifest, storage_options)
+
+
 def existing_manifest(out: str, spec: RunSpec, storage_options: StorageOptions = None) -> dict[str, Any] | None:
     """The manifest of a finished run with this spec, None if there is none yet; a foreign or
     unreadable manifest is an error, so a run never overwrites what it does not own."""
@@ -56,5 +63,7 @@ def existing_manifest(out: str, spec: RunSpec, storage_options: StorageOptions =
         return None
     manifest = read_manifest(out, storage_options)
     check_belongs(manifest, spec, manifest_url(out))
+    if not storage.exists(card_url(out), storage_options):  # a run finished before runs had cards
+        write_card(out, manifest, spec.seed, storage_options)
     return manifest
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Container, Iterator
 from factory import storage
 from factory.errors import FactoryError, StorageError
 from factory.produce.gates import build_gate
-from factory.produce.manifest import build_manifest, existing_manifest, write_manifest
+from factory.produce.manifest import build_manifest, existing_manifest, finish_run
 from factory.produce.producer_specs import ProducerSpec
 from factory.produce.samples import Dropped, EncodedSample, encode_sample
 from factory.produce.shards import RunSpec, shard_name, write_encoded_shard
@@ -218,7 +218,7 @@ def produce(
     extra = finish(records) if finish else None
     manifest = build_manifest(spec, records.values(), extra)
     _remove_stale_partials(out)
-    write_manifest(out, manifest)
+    finish_run(out, spec, manifest)
     return manifest
 
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from factory import storage
 from factory.errors import FactoryError
-from factory.produce.manifest import build_manifest, existing_manifest, write_manifest
+from factory.produce.manifest import build_manifest, existing_manifest, finish_run
 from factory.produce.samples import Dropped, Sample
 from factory.produce.shards import (RunSpec, check_belongs, read_sidecar, sidecar_index, sidecar_name, verify_shard,
                                     write_shard)
@@ -70,5 +70,5 @@ def write_run(
         bar.update(len(spec.slots(shard_index)))
     bar.close()
     manifest = build_manifest(spec, records.values())
-    write_manifest(out, manifest, storage_options)
+    finish_run(out, spec, manifest, storage_options)
     return manifest
