@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "produce": ("factory.produce.cli", "produce labelled samples into shards with a Ray actor pool"),
     "translate": ("factory.produce.translate_cli",
                   "translate MRI/PET slices and volumes into CT shards and a Zarr group with a Ray actor pool"),
+    "export-nifti": ("factory.produce.nifti", "write a translation run's whole volumes as NIfTI files (.nii.gz)"),
     "evaluate": ("factory.evaluate.cli", "judge, run report (HTML), augmentation study"),
     "inspect": ("factory.produce.inspect", "summarise and verify a run, or extract one sample"),
     "bench": ("factory.bench.cli", "run a benchmark and write its JSON results"),

@@ -132,8 +132,36 @@ def test_translation_reads_back_with_plain_webdataset_and_zarr(one_actor_run, bu
         assert array.attrs["age"] == first["labels"]["age"] and array.attrs["source_modality"] == "mri"
         assert array.attrs["bundle_id"] == bundle_id and array.attrs["modality"] == "ct"
         assert len(array.attrs["spacing"]) == 3 and array.attrs["spacing"] == first["spacing"]
-    assert main(["inspect", out]) == 0  # verifies every shard and every volume's voxels
+    assert main(["inspect", out]) == 0  # verifies every shard and every volume's voxels, the card beside them
     assert "volumes        2 Zarr arrays (32 slices)" in capsys.readouterr().out
+    card = open(os.path.join(out, "dataset_card.md")).read()
+    assert card.startswith(f'---\nrun_id: "{manifest["run_id"]}"\nsample_kind: "translation"\ncount: 37\n')
+    assert "trained: no (random weights)" in card and "2 whole volumes (32 slices)" in card
+    assert "`ct.png` the translated CT" in card and "not for diagnosis" in card
+
+
+def test_volumes_export_as_nifti_that_the_volume_adapter_reads_back_exactly(one_actor_run, tmp_path, capsys):
+    import zarr
+
+    from factory.data.adapters.volumes import open_volumes
+
+    out, manifest = one_actor_run
+    exported = str(tmp_path / "nifti")
+    assert main(["export-nifti", out, exported]) == 0
+    assert sorted(os.listdir(exported)) == sorted([f"{v}.nii.gz" for v in VOLUMES] + ["labels.csv"])
+    group = zarr.open_group(os.path.join(out, "volumes.zarr"), mode="r")
+    dataset = open_volumes(exported)
+    assert [row["study_id"] for row in dataset.rows] == list(VOLUMES)
+    for i, study_id in enumerate(VOLUMES):
+        study, array = dataset[i], group[study_id]
+        assert np.array_equal(study.image[0].numpy(), array[...].astype(np.float32))
+        assert study.meta["spacing"] == pytest.approx(array.attrs["spacing"], rel=1e-6)
+        assert study.labels.item() == pytest.approx(array.attrs["age"], abs=1e-6) and study.meta["modality"] == "ct"
+    again = open(os.path.join(exported, f"{VOLUMES[0]}.nii.gz"), "rb").read()
+    assert main(["export-nifti", out, exported, "--study", VOLUMES[0]]) == 0  # same bytes: nothing to refuse
+    assert open(os.path.join(exported, f"{VOLUMES[0]}.nii.gz"), "rb").read() == again
+    assert main(["export-nifti", out, str(tmp_path / "x"), "--study", "brain-mri-9"]) == 2
+    assert "no volume 'brain-mri-9' in this run" in capsys.readouterr().err
 
 
 def test_factory_stream_takes_ct_png_as_the_main_image(one_actor_run):

@@ -19,16 +19,11 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from factory.data.adapters.volumes import open_volumes
 from factory.data.phantoms.brain_formats import write_dataset
-from factory.seeding import global_rng_seeded
-
-AGE_CENTRE, AGE_SCALE = 55.0, 20.0
-BRAIN_WINDOW = (-20.0, 120.0)  # HU; bone saturates, as on a brain-window CT film
-
+from factory.evaluate.brain_age import BRAIN_WINDOW, predict_ages, train_regressor, windowed
 
 def machine_info() -> dict:
     return {"cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
@@ -43,52 +38,12 @@ def load_ct(root: str, input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         study = dataset[i]
         images.append(study.image)
         ages.append(study.labels[0])
-    hu = torch.stack(images)
-    low, high = BRAIN_WINDOW
-    return (hu.clamp(low, high) - low) / (high - low), torch.stack(ages)
-
-
-def small_regressor() -> nn.Module:
-    def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                             nn.ReLU(inplace=True), nn.MaxPool2d(2))
-
-    return nn.Sequential(block(1, 12), block(12, 24), block(24, 48), block(48, 64), block(64, 96),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(96, 1))
+    return windowed(torch.stack(images), BRAIN_WINDOW), torch.stack(ages)
 
 
 def train_and_test(x_train, y_train, x_test, epochs: int, seed: int) -> tuple[np.ndarray, list[float]]:
-    generator = torch.Generator().manual_seed(seed)
-    # Layer initialisation and dropout draw from the global generator: seeded for the run, restored after.
-    with global_rng_seeded(seed):
-        model = small_regressor()
-        optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-        batch = 64
-        steps = epochs * ((len(x_train) + batch - 1) // batch)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
-        target = (y_train - AGE_CENTRE) / AGE_SCALE
-        losses = []
-        for _ in tqdm(range(epochs), desc="training", unit="epoch"):
-            model.train()
-            order = torch.randperm(len(x_train), generator=generator)
-            total = 0.0
-            for start in range(0, len(order), batch):
-                idx = order[start:start + batch]
-                images = x_train[idx]
-                # Left-right flips keep age and double the anatomy seen.
-                flip = torch.rand(len(idx), generator=generator) < 0.5
-                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-                loss = nn.functional.smooth_l1_loss(model(images)[:, 0], target[idx])
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-                total += loss.item() * len(idx)
-            losses.append(round(total / len(order), 4))
-        model.eval()
-        with torch.no_grad():
-            predicted = torch.cat([model(x_test[i:i + 256])[:, 0] for i in range(0, len(x_test), 256)])
-        return (predicted * AGE_SCALE + AGE_CENTRE).numpy(), losses
+    model, losses = train_regressor(x_train, y_train, epochs, seed)
+    return predict_ages(model, x_test), losses
 
 
 def run(train: int, test: int, size: int, input_size: int, epochs: int, seed: int, threads: int) -> dict:

@@ -50,7 +50,7 @@ Sizes are chosen for every configuration x 3 seeds to run in about half an hour 
 (the MIX-CT-MRI-PET translator run is the critical path): 64 px slices, small translators
 (`--g-width 8 --g-blocks 2 --d-width 8`; CycleGAN's are 64, 6 blocks and 64), a few hundred translator
 steps (CycleGAN trains for ~10^5), and the small CNN of the brain-age benchmark
-(factory.bench.brain_age) as the regressor instead of the recipe's ResNet-18 (`--predictor resnet18`,
+(factory.evaluate.brain_age) as the regressor instead of the recipe's ResNet-18 (`--predictor resnet18`,
 many times the compute). Wider translators (`--g-width 32 --d-width 32`) keep more of the age, at
 several times the translators' cost. Results at both widths and what each size costs:
 docs/bench/duiit.md. Writes `--out` (JSON: settings, machine, per-seed errors and wall times), the same
@@ -255,11 +255,11 @@ def load_phantoms(settings: Settings, seed: int) -> Phantoms:
 # --- regressors ------------------------------------------------------------------------------------
 
 class SmallPredictor(nn.Module):
-    """The brain-age benchmark's small CNN (factory.bench.brain_age.small_regressor), (B, 1, H, W) -> (B,)."""
+    """The brain-age benchmark's small CNN (factory.evaluate.brain_age.small_regressor), (B, 1, H, W) -> (B,)."""
 
     def __init__(self):
         super().__init__()
-        from factory.bench.brain_age import small_regressor
+        from factory.evaluate.brain_age import small_regressor
 
         self.net = small_regressor()
 

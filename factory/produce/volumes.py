@@ -150,7 +150,7 @@ def assemble_volume(out: str, job: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _open_array(url: str):
+def open_array(url: str):
     import zarr
 
     options = storage.s3_options_from_env() if storage.protocol_of(url) == "s3" else None
@@ -163,7 +163,7 @@ def committed_volume(out: str, job: dict[str, Any], deep: bool = True) -> dict[s
     url = storage.join(group_url(out), job["study_id"])
     if not storage.exists(storage.join(url, METADATA_NAME)):
         return None
-    array = _open_array(url)
+    array = open_array(url)
     attributes = dict(array.attrs)
     if attributes.get("run_id") != job["run_id"] or attributes.get("config_sha256") != job["config_sha256"]:
         raise FactoryError(f"{url}: belongs to run {attributes.get('run_id')} with another configuration; "
@@ -235,7 +235,7 @@ def verify_volumes(out: str, volumes: dict[str, Any], deep: bool = True) -> None
         url = storage.join(out, volumes["group"], array["name"])
         if not storage.exists(storage.join(url, METADATA_NAME)):
             raise IntegrityError(url, "listed in the manifest but missing")
-        opened = _open_array(url)
+        opened = open_array(url)
         if list(opened.shape) != array["shape"]:
             raise IntegrityError(url, f"has shape {list(opened.shape)}, the manifest says {array['shape']}")
         if deep and voxel_sha256(opened[...]) != array["sha256"]:

@@ -3,7 +3,8 @@
 Patient n of modality m depends only on (seed, m, n): the anatomy stream is seeded by [seed, m, n, 0]
 and the scanner (contrast jitter, noise) by [seed, m, n, 1]. Patients are therefore drawn independently
 per modality: CT patient 7 and MRI patient 7 are different people, so the data are unpaired, as in
-DUIIT (docs/models.md).
+DUIIT (docs/models.md). Where a paired reference is wanted (evaluating a translation), `paired_ct`
+renders the CT of an MRI or PET patient: the same head on the same grid.
 
 Image axes: (rows, columns) for a slice, (slices, rows, columns) for a volume. Row 0 is anterior,
 column 0 is the patient's right (radiological convention), slice 0 is the most inferior.
@@ -79,4 +80,16 @@ def generate(seed: int, index: int, modality: str, dims: int = 2, size: int = 12
     scanner = np.random.default_rng([seed, MODALITIES.index(modality), index, 1])
     image = render(modality, head, fractions, spacing, coords, scanner)
     return BrainPhantom(study_id=study_id(seed, index, modality), modality=modality, age=round(head.age, 2),
+                        image=image, spacing=tuple(float(s) for s in spacing), z0=z0, seed=seed, index=index)
+
+
+def paired_ct(seed: int, index: int, modality: str, dims: int = 2, size: int = 128) -> BrainPhantom:
+    """The CT of patient `index` of `modality`: the same head and age, on that modality's grid (field of
+    view, slice level, slices), rendered with CT's contrast and noise. The reference a translation of
+    the MRI or PET phantom should reach; its scanner draws from [seed, modality, index, 2], a stream no
+    phantom of `generate` uses."""
+    head, fractions, coords, spacing, z0 = anatomy(seed, index, modality, dims, size)
+    scanner = np.random.default_rng([seed, MODALITIES.index(modality), index, 2])
+    image = render("ct", head, fractions, spacing, coords, scanner)
+    return BrainPhantom(study_id=f"{study_id(seed, index, modality)}-ct", modality="ct", age=round(head.age, 2),
                         image=image, spacing=tuple(float(s) for s in spacing), z0=z0, seed=seed, index=index)
