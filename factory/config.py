@@ -124,15 +124,24 @@ class TranslateConfig(JobConfig):
 
 
 class EvaluateConfig(JobConfig):
-    """`medsynth evaluate RUN_URL` / jobs/evaluate.py: a run measured against real data, as an HTML report."""
+    """`medsynth evaluate RUN_URL` / jobs/evaluate.py: a run measured against real data, as an HTML report.
+
+    Pair and image runs need `judge`; translation runs take `real` (volumes layout), `paired`, `window`
+    and `age_epochs` instead (factory.evaluate.translation)."""
 
     run: str = Field(description="the run to evaluate (folder or s3:// URL with a manifest)")
     out: str = Field(description="the HTML report to write; its metrics go beside it as .json")
-    judge: str = Field(description="judge bundle URL (`medsynth evaluate judge` writes one)")
+    judge: str | None = Field(None, description="judge bundle URL (`medsynth evaluate judge` writes one); "
+                                                "pair and image runs")
     real: str | None = Field(None, description="real studies the generator did not train on (default: phantoms)")
-    real_layout: Literal["mimic-cxr", "iu-xray", "chexpert", "nih", "folder"] | None = None
+    real_layout: Literal["mimic-cxr", "iu-xray", "chexpert", "nih", "folder", "volumes"] | None = None
     train: str | None = Field(None, description="the generator's training studies, for the memorization audit")
     train_layout: Literal["mimic-cxr", "iu-xray", "chexpert", "nih", "folder"] | None = None
+    paired: str | None = Field(None, description="translation runs: CT of the source subjects, volumes layout, "
+                                                 "named by the source study ids (default: the phantom's paired CT)")
+    window: tuple[float, float] | None = Field(None, description="translation runs: HU window LOW HIGH (default: "
+                                                                 "the range the bundle's model represents)")
+    age_epochs: int = Field(20, ge=1, description="translation runs: epochs of the brain-age regressor")
     count: int = Field(1000, gt=1, description="synthetic samples to evaluate")
     real_count: int = Field(1000, gt=1, description="real studies to compare with")
     augment: str | None = Field(None, description="an augmentation study's JSON result to include")
@@ -143,6 +152,8 @@ class EvaluateConfig(JobConfig):
         for role in ("real", "train"):
             if (getattr(self, role) is None) != (getattr(self, f"{role}_layout") is None):
                 raise ValueError(f"{role} and {role}_layout go together")
+        if self.window is not None and not self.window[0] < self.window[1]:
+            raise ValueError(f"window {list(self.window)} is not LOW < HIGH")
         return self
 
 

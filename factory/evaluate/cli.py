@@ -1,7 +1,9 @@
 """`medsynth evaluate RUN_URL ... | judge ... | augment ...`: evaluation jobs.
 
-  RUN_URL  measure a run against real data and write one self-contained HTML report:
-           `medsynth evaluate RUN_URL --judge URL --out report.html [--real ROOT --real-layout L]`
+  RUN_URL  measure a run against real data and write one self-contained HTML report (metrics as JSON beside it):
+           pairs, images: `medsynth evaluate RUN_URL --judge URL --out report.html [--real ROOT --real-layout L]`
+           translations:  `medsynth evaluate RUN_URL --out report.html [--real ROOT --real-layout volumes]
+                          [--paired ROOT] [--window LOW HIGH]` (HU histogram, SSIM/PSNR, age regressor)
   augment  EMIXER's augmentation study: `medsynth evaluate augment RUN_URL --out DIR [--real ROOT --real-layout L]`
   judge    train the judge classifier on phantoms (or a dataset you own), print its held-out AUCs and
            write it as a bundle: `medsynth evaluate judge --out URL [--count N] [--size 64] [--epochs E]`
@@ -106,10 +108,20 @@ ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callabl
 def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN_URL", help="the run to evaluate (folder or s3:// URL with a manifest)")
     parser.add_argument("--out", required=True, help="the HTML report to write (its metrics go beside it as .json)")
-    parser.add_argument("--judge", required=True, help="judge bundle URL (`medsynth evaluate judge` writes one)")
+    parser.add_argument("--judge", help="judge bundle URL (`medsynth evaluate judge` writes one); pair and image "
+                        "runs need it")
     parser.add_argument("--real", metavar="ROOT", help="real studies the generator did not train on (default: "
-                        "chest X-ray phantoms of other patients than the generator's training phantoms)")
-    parser.add_argument("--real-layout", choices=CXR_LAYOUTS, help="layout of --real")
+                        "chest X-ray phantoms of other patients than the generator's training phantoms; for a "
+                        "translation run, brain phantom CT)")
+    parser.add_argument("--real-layout", choices=(*CXR_LAYOUTS, "volumes"),
+                        help="layout of --real (volumes: the CT studies of a volumes dataset, translation runs)")
+    parser.add_argument("--paired", metavar="ROOT", help="translation runs: CT of the same subjects as the sources, "
+                        "volumes layout, study ids equal to the source's (default: the phantom's paired CT when the "
+                        "sources are brain phantoms)")
+    parser.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), help="translation runs: the HU "
+                        "window of the histogram and SSIM/PSNR (default: the range the bundle's model represents)")
+    parser.add_argument("--age-epochs", type=int, help="translation runs: epochs of the brain-age regressor "
+                        "(default 20)")
     parser.add_argument("--train", metavar="ROOT", help="the generator's training studies, for the memorization audit "
                         "(default: found from the bundle when it trained on the phantom)")
     parser.add_argument("--train-layout", choices=CXR_LAYOUTS, help="layout of --train")
@@ -127,6 +139,19 @@ def _run_report(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in vars(args).items() if k in EvaluateConfig.model_fields and v is not None}
     result = evaluate_config(validate_config(EvaluateConfig, settings, "command line"))
     metrics = result["metrics"]
+    if result["settings"].get("kind") == "translation":
+        hu, distance = metrics["hounsfield"]["translated"], metrics["wasserstein_hu"]
+        print(f"HU p1..p99 {hu['p1']:.0f}..{hu['p99']:.0f}, Wasserstein to real CT {distance['translated_vs_real']:.3g} HU "
+              f"(real vs real {distance['real_vs_real']:.3g}) in the window {metrics['window']}")
+        if "paired" in metrics:
+            print(f"paired ({metrics['paired']['count']} slices): SSIM {metrics['paired']['ssim']:.3f}, "
+                  f"PSNR {metrics['paired']['psnr_db']:.2f} dB, MAE {metrics['paired']['mae_hu']:.1f} HU")
+        age = metrics["age"]
+        if "translated" in age:
+            print(f"age regressor MAE: translations {age['translated']['mae_years']:.2f} years, "
+                  f"held-out real CT {age['real_held_out']['mae_years']:.2f}")
+        print(f"report {result['html']}\nmetrics {result['json']}")
+        return 0
     print(f"FID {metrics['images']['fid']:.3g} (real vs real {metrics['images']['fid_real_vs_real']:.3g}), "
           f"judge macro-AUC {metrics['label_fidelity']['synthetic_macro_auc']:.3f} "
           f"(real {metrics['label_fidelity']['real_macro_auc']:.3f})")

@@ -445,9 +445,40 @@ def evaluate_run(run_url: str, out_html: str, *, judge_url: str, real=None, trai
 
 
 def evaluate_config(config) -> dict[str, Any]:
-    """`evaluate_run` from an EvaluateConfig (the CLI and jobs/evaluate.py)."""
+    """`evaluate_run` (pair and image runs) or `evaluate_translation` (translation runs) from an
+    EvaluateConfig (the CLI and jobs/evaluate.py), by the run's sample kind."""
     from factory.data.adapters import open_dataset
+    from factory.run_manifest import read_manifest
 
+    manifest = read_manifest(config.run)
+    kind = manifest["sample_kind"]
+    translation = kind == "translation"
+    if translation:
+        given = [name for name in ("judge", "train", "augment") if getattr(config, name) is not None]
+        if given:
+            raise BadInputError(config.run, f"a translation run's report takes no {', '.join(given)} "
+                                            "(those measure pair and image runs)")
+        if config.real_layout not in (None, "volumes"):
+            raise BadInputError(config.run, f"a translation run compares with real CT in the volumes layout, "
+                                            f"not {config.real_layout}")
+    else:
+        if config.judge is None:
+            raise BadInputError(config.run, f"a {kind} run's report needs the judge bundle (judge; "
+                                            "`medsynth evaluate judge` writes one)")
+        unused = [name for name in ("paired", "window") if getattr(config, name) is not None]
+        if unused or config.real_layout == "volumes":
+            raise BadInputError(config.run, f"{', '.join(unused) or 'real_layout volumes'}: for translation runs, "
+                                            f"not a {kind} run")
+    if translation:
+        from factory.data.adapters.volumes import open_volumes
+        from factory.evaluate.translation import evaluate_translation
+
+        size = manifest["config"]["producer"]["image_size"]  # real and paired CT at the translations' size
+        datasets = {role: open_volumes(getattr(config, role), size=size) for role in ("real", "paired")
+                    if getattr(config, role)}
+        return evaluate_translation(config.run, config.out, real=datasets.get("real"), paired=datasets.get("paired"),
+                                    count=config.count, real_count=config.real_count, window=config.window,
+                                    age_epochs=config.age_epochs, seed=config.seed)
     datasets = {role: open_dataset(getattr(config, role), getattr(config, f"{role}_layout"), size=128)
                 for role in ("real", "train") if getattr(config, role)}
     return evaluate_run(config.run, config.out, judge_url=config.judge, real=datasets.get("real"),
