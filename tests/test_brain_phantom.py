@@ -29,6 +29,21 @@ def test_modalities_are_drawn_independently():
     assert all(20 <= a <= 90 for values in ages.values() for a in values)
 
 
+def test_paired_ct_is_the_same_subject_on_the_source_grid():
+    """The reference of a translation: the MRI patient's own head as CT, matching its outline better than
+    another patient's does."""
+    for dims in (2, 3):
+        mri, ct = generate(1, 3, "mri", dims, size=48), brain.paired_ct(1, 3, "mri", dims, size=48)
+        assert ct.image.shape == mri.image.shape and ct.spacing == mri.spacing and ct.age == mri.age
+        assert ct.modality == "ct" and ct.image.dtype == np.int16 and ct.image.min() < -900 < 500 < ct.image.max()  # air, bone
+        head = ct.image > -500
+
+        def dice(a, b):
+            return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+        assert dice(mri.image > 200, head) > 0.95 > dice(generate(1, 4, "mri", dims, size=48).image > 200, head)
+
+
 def test_image_types_shapes_and_spacing():
     ct, mri, pet = (generate(0, 1, m, size=64) for m in ("ct", "mri", "pet"))
     assert (ct.image.dtype, mri.image.dtype, pet.image.dtype) == (np.int16, np.uint16, np.float32)

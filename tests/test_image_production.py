@@ -131,7 +131,11 @@ def test_pseudo_labelled_run_drops_and_counts_samples_below_the_threshold(ray_lo
     assert meta["labels"] == {name: float(v) for name, v in zip(bundle.label_names, labels[first])}
     assert meta["pseudo_label"] == {"confidence": pytest.approx(float(confidence[first])), "threshold": threshold}
     assert "pseudo-label-confidence: " in summary(str(out), manifest, "ok")
-    assert main(["inspect", str(out)]) == 0
+    assert main(["inspect", str(out)]) == 0  # the dataset card beside the manifest is no problem
+    card = (out / "dataset_card.md").read_text()
+    assert f"- {len(kept)} samples of {count} requested" in card and "model `toy-pseudo`" in card
+    assert "pseudo-labels, kept where its confidence is at least 0.6" in card
+    assert f"- command: `medsynth produce --bundle {bundles['toy-pseudo']}" in card
 
 
 def test_the_threshold_can_be_given_and_labels_cannot_be_for_an_unconditional_bundle(bundles, tmp_path):

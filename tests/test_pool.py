@@ -160,6 +160,10 @@ def test_quality_gate_drops_before_writing_and_manifest_counts(ray_local, tmp_pa
     kept = sorted(i for i, c in enumerate(contrasts) if c >= threshold)
     assert all_keys(out, manifest) == [f"pool-test-{i:010d}" for i in kept]
     verify_run(out, manifest)
+    card = open(os.path.join(out, "dataset_card.md")).read()  # written before the manifest, beside it
+    assert '---\nrun_id: "pool-test"\nsample_kind: "pair"\ncount: 20\n' in card
+    assert "built-in chest X-ray phantom" in card and "dropped by quality gates: flat-image 10" in card
+    assert "quality gates: " in card and "not for diagnosis" in card
 
 
 @pytest.fixture(scope="module")

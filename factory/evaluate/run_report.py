@@ -23,17 +23,15 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import io
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from factory.errors import BadInputError
+from factory.evaluate.report_html import STYLE, figure_uri, jsonable, png_uri, table
 
 GRID_SAMPLES = 24
 REFERENCES_PER_SAMPLE = 5
@@ -192,24 +190,6 @@ def measure(synthetic: SyntheticData, real: RealData, judge, *, train_images: np
 
 # --- HTML ----------------------------------------------------------------------------------------
 
-def _png_uri(array: np.ndarray, scale: int = 2) -> str:
-    image = Image.fromarray(array)
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _figure_uri(figure) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def _label_histogram(shares: dict[str, dict[str, float]]) -> str:
     import matplotlib
 
@@ -224,7 +204,7 @@ def _label_histogram(shares: dict[str, dict[str, float]]) -> str:
     axis.set_xticks(x, names, rotation=30, ha="right")
     axis.set_ylabel("share of samples with the finding")
     axis.legend()
-    return _figure_uri(figure)
+    return figure_uri(figure)
 
 
 def _memorization_histogram(space: dict[str, Any]) -> str:
@@ -243,33 +223,7 @@ def _memorization_histogram(space: dict[str, Any]) -> str:
     axis.set_xlabel(f"nearest-training distance ({space['space']}, RMS per dimension)")
     axis.set_ylabel("share")
     axis.legend(fontsize=8)
-    return _figure_uri(figure)
-
-
-def _number(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))
-
-
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_number(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child{text-align:left}
-.grid{display:grid;grid-template-columns:repeat(6,1fr);gap:12px}
-.card{border:1px solid #ddd;padding:5px;font-size:.7em;max-height:26em;overflow:auto}.card img{width:100%;image-rendering:pixelated}
-.labels{font-weight:600;margin:.3em 0}.report{color:#444;white-space:pre-wrap}
-.note{color:#555;font-size:.9em}
-"""
+    return figure_uri(figure)
 
 
 def render_html(run_url: str, manifest: dict[str, Any], metrics: dict[str, Any], synthetic: SyntheticData,
@@ -286,13 +240,13 @@ def render_html(run_url: str, manifest: dict[str, Any], metrics: dict[str, Any],
         positives = [n for n, v in (synthetic.metas[i].get("labels") or {}).items() if v == 1] or ["(none)"]
         report = synthetic.reports[i] or ""
         cards.append(f"<div class=card id=sample-{i}><img alt='{html.escape(synthetic.keys[i])}' "
-                     f"src='{_png_uri(thumbnail)}'><div class=labels>{html.escape(', '.join(positives))}</div>"
+                     f"src='{png_uri(thumbnail)}'><div class=labels>{html.escape(', '.join(positives))}</div>"
                      f"<div class=report>{html.escape(report)}</div></div>")
     parts += ["<h2 id=samples>Samples</h2>", f"<div class=grid>{''.join(cards)}</div>"]
 
     images = metrics["images"]
     fidelity = metrics["label_fidelity"]
-    parts += ["<h2 id=image-metrics>Image metrics (judge feature space)</h2>", _table([
+    parts += ["<h2 id=image-metrics>Image metrics (judge feature space)</h2>", table([
         ("FID", images["fid"], images["fid_real_vs_real"]),
         ("KID", images["kid"], images["kid_real_vs_real"]),
         ("Inception-Score analogue", images["inception_score"], images["inception_score_real"]),
@@ -301,13 +255,13 @@ def render_html(run_url: str, manifest: dict[str, Any], metrics: dict[str, Any],
         f"<p class=note>FID and KID compare {images['samples_per_set']} images per set: half of the real data "
         "against as many synthetic images, and against the other real half (the value a perfect generator "
         "would reach at this size). The AUC reference is the judge on real images with their own labels.</p>",
-        _table([(n, fidelity["synthetic_auc"][n], fidelity["real_auc"][n]) for n in fidelity["synthetic_auc"]],
+        table([(n, fidelity["synthetic_auc"][n], fidelity["real_auc"][n]) for n in fidelity["synthetic_auc"]],
                ["finding", "judge AUC, synthetic", "judge AUC, real"])]
 
     if "reports" in metrics:
         reports = metrics["reports"]
         labeler = reports["labeler"]
-        parts += ["<h2 id=report-metrics>Report metrics</h2>", _table(
+        parts += ["<h2 id=report-metrics>Report metrics</h2>", table(
             [(k, reports[k]) for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider", "rouge_l") if k in reports]
             + [("labeler agreement (exact findings)", labeler["agreement"]),
                ("labeler per-finding accuracy", labeler["accuracy"]),
@@ -324,7 +278,7 @@ def render_html(run_url: str, manifest: dict[str, Any], metrics: dict[str, Any],
     if "memorization" in metrics:
         memo = metrics["memorization"]
         parts.append("<h2 id=memorization>Memorization audit</h2>")
-        parts.append(_table([(space["space"], space["threshold"], len(space["flagged"]), space["share"])
+        parts.append(table([(space["space"], space["threshold"], len(space["flagged"]), space["share"])
                              for space in memo["spaces"].values()],
                             ["space", "p1 real-to-real distance", "synthetic closer", "share"]))
         parts.append(f"<p class=note>{memo['counts']['synthetic']} synthetic images against "
@@ -334,7 +288,7 @@ def render_html(run_url: str, manifest: dict[str, Any], metrics: dict[str, Any],
             parts.append(f"<img alt='memorization histogram {space['space']}' src='{_memorization_histogram(space)}'>")
         flagged = [item for space in memo["spaces"].values() for item in space["flagged"][:20]]
         if flagged:
-            parts.append(_table([(item["key"], item["distance"], item["nearest_train_index"]) for item in flagged],
+            parts.append(table([(item["key"], item["distance"], item["nearest_train_index"]) for item in flagged],
                                 ["flagged sample", "distance", "nearest training image"]))
 
     if augmentation:
@@ -348,19 +302,6 @@ def render_html(run_url: str, manifest: dict[str, Any], metrics: dict[str, Any],
               f"<pre>{html.escape(json.dumps(settings, indent=1, default=str))}</pre>"]
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>MedSynth report "
             f"{html.escape(manifest['run_id'])}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON: numpy scalars as numbers, NaN and infinities as null (strict JSON has neither)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 # --- the job ---------------------------------------------------------------------------------------

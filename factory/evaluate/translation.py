@@ -340,7 +340,7 @@ def _histogram_figure(histogram: dict[str, Any], window: tuple[float, float]) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from factory.evaluate.run_report import _figure_uri
+    from factory.evaluate.report_html import figure_uri
 
     edges = np.asarray(histogram["edges"])
     centres = (edges[:-1] + edges[1:]) / 2
@@ -352,7 +352,7 @@ def _histogram_figure(histogram: dict[str, Any], window: tuple[float, float]) ->
     axis.set_ylabel("share of voxels")
     axis.set_yscale("log")
     axis.legend()
-    return _figure_uri(figure)
+    return figure_uri(figure)
 
 
 def _to_uint8(hounsfield: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -362,7 +362,7 @@ def _to_uint8(hounsfield: np.ndarray, window: tuple[float, float]) -> np.ndarray
 
 def render_translation_html(run_url: str, manifest: dict[str, Any], metrics: dict[str, Any],
                             translated: Translated, references: np.ndarray, settings: dict[str, Any]) -> str:
-    from factory.evaluate.run_report import STYLE, _png_uri, _table
+    from factory.evaluate.report_html import STYLE, png_uri, table
 
     window = tuple(metrics["window"])
     parts = [f"<h1>MedSynth translation report: {html.escape(manifest['run_id'])}</h1>",
@@ -373,10 +373,10 @@ def render_translation_html(run_url: str, manifest: dict[str, Any], metrics: dic
     cards = []
     for n in range(min(GRID_SAMPLES, len(translated.keys))):
         meta = translated.metas[n]
-        images = [_png_uri(np.rint(translated.sources[n] * 255).astype(np.uint8)),
-                  _png_uri(_to_uint8(translated.hounsfield[n], window))]
+        images = [png_uri(np.rint(translated.sources[n] * 255).astype(np.uint8)),
+                  png_uri(_to_uint8(translated.hounsfield[n], window))]
         if not np.isnan(references[n, 0, 0]):
-            images.append(_png_uri(_to_uint8(references[n], window)))
+            images.append(png_uri(_to_uint8(references[n], window)))
         age = (meta.get("labels") or {}).get("age")
         caption = (f"{meta['source_modality']} {meta['source_study_id']} slice {meta['slice_index'] + 1}/"
                    f"{meta['slice_count']}" + (f", age {age:g}" if age is not None else ""))
@@ -387,11 +387,11 @@ def render_translation_html(run_url: str, manifest: dict[str, Any], metrics: dic
 
     hu = metrics["hounsfield"]
     columns = [k for k in ("translated", "real", "paired") if k in hu]
-    parts += ["<h2 id=hounsfield>Hounsfield units</h2>", _table(
+    parts += ["<h2 id=hounsfield>Hounsfield units</h2>", table(
         [(stat, *[hu[c][stat] for c in columns]) for stat in
          ("min", "p1", "p5", "p50", "p95", "p99", "max", "mean", "std", "share_below_window", "share_above_window")],
         ["statistic", *columns]),
-        _table([("translated vs real", metrics["wasserstein_hu"]["translated_vs_real"]),
+        table([("translated vs real", metrics["wasserstein_hu"]["translated_vs_real"]),
                 ("real vs real (two halves: the floor)", metrics["wasserstein_hu"]["real_vs_real"])],
                ["Wasserstein-1 distance within the window", "HU"]),
         f"<img alt='HU histogram' src='{_histogram_figure(metrics['histogram'], window)}'>",
@@ -399,7 +399,7 @@ def render_translation_html(run_url: str, manifest: dict[str, Any], metrics: dic
         "Translated CT holds only this range; real CT outside it counts in the end bins.</p>"]
     if "paired" in metrics:
         p = metrics["paired"]
-        parts += ["<h2 id=paired>Against the paired reference</h2>", _table([
+        parts += ["<h2 id=paired>Against the paired reference</h2>", table([
             ("SSIM", p["ssim"], p["ssim_sd"]), ("PSNR (dB)", p["psnr_db"], p["psnr_db_sd"]),
             ("MAE (HU, within the window)", p["mae_hu"], p["mae_hu_sd"])], ["metric", "mean", "sd over slices"]),
             f"<p class=note>{p['count']} slices; reference: {html.escape(str(settings['paired']))}. SSIM and PSNR "
@@ -410,7 +410,7 @@ def render_translation_html(run_url: str, manifest: dict[str, Any], metrics: dic
         modality_rows.append((modality, found["count"], found["hounsfield"]["p50"], paired.get("ssim"),
                               paired.get("psnr_db"), paired.get("mae_hu")))
     parts += ["<h2 id=modalities>By source modality</h2>",
-              _table(modality_rows, ["source", "slices", "median HU", "SSIM", "PSNR (dB)", "MAE (HU)"])]
+              table(modality_rows, ["source", "slices", "median HU", "SSIM", "PSNR (dB)", "MAE (HU)"])]
     age = metrics["age"]
     parts.append("<h2 id=age>Age regressor</h2>")
     if "skipped" in age:
@@ -421,7 +421,7 @@ def render_translation_html(run_url: str, manifest: dict[str, Any], metrics: dic
                                     ("paired reference, same slices", age.get("paired_reference")),
                                     ("translations of those slices", age.get("translated_on_paired")))
                 if found]
-        parts += [_table(rows, ["slices", "n", "MAE (years)", "RMSE (years)", "bias (years)", "Pearson r"]),
+        parts += [table(rows, ["slices", "n", "MAE (years)", "RMSE (years)", "bias (years)", "Pearson r"]),
                   f"<p class=note>The brain-age CNN trained for {age['epochs']} epochs on {age['train_slices']} real "
                   "CT slices. An error on the translations close to the paired reference's means the translation "
                   "keeps the age-related anatomy the regressor reads.</p>"]
@@ -442,7 +442,7 @@ def evaluate_translation(run_url: str, out_html: str, *, real=None, paired=None,
     (default: brain phantom CT of other patients). `paired`: a volumes-layout dataset of CT studies
     named by the source study ids (default: the phantom's paired CT where the sources are phantoms)."""
     from factory import storage
-    from factory.evaluate.run_report import jsonable
+    from factory.evaluate.report_html import jsonable
     from factory.run_manifest import read_manifest
 
     manifest = read_manifest(run_url)
