@@ -135,7 +135,7 @@ def test_pseudo_labelled_run_drops_and_counts_samples_below_the_threshold(ray_lo
     card = (out / "dataset_card.md").read_text()
     assert f"- {len(kept)} samples of {count} requested" in card and "model `toy-pseudo`" in card
     assert "pseudo-labels, kept where its confidence is at least 0.6" in card
-    assert f"- command: `medsynth produce --bundle {bundles['toy-pseudo']}" in card
+    assert f"- generator bundle: `{bundles['toy-pseudo']}`" in card and "trained: no (random weights)" in card
 
 
 def test_the_threshold_can_be_given_and_labels_cannot_be_for_an_unconditional_bundle(bundles, tmp_path):
