@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # The extra (pyproject.toml) that brings what each command needs beyond the base install; `inspect`
 # needs none (it asks for [volumes] itself where a run has Zarr volumes).
 COMMAND_EXTRAS = {"demo": "all", "data": "produce", "train": "train", "bundle": "produce", "produce": "produce",
-                  "translate": "produce", "evaluate": "eval", "bench": "all"}
+                  "translate": "produce", "export-nifti": "volumes", "evaluate": "eval", "bench": "all"}
 
 
 def build_parser() -> argparse.ArgumentParser:
