@@ -18,6 +18,8 @@ GENERATORS: dict[str, str] = {
     "emixer": "factory.models.emixer",
     "duiit": "factory.models.duiit",
     "judge": "factory.models.judge",
+    "xraygan-cgan": "factory.models.xraygan.cgan",
+    "xraygan-ucgan": "factory.models.xraygan.ucgan",
 }
 
 

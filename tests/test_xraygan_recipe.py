@@ -1,0 +1,191 @@
+"""XRAY-GAN: CGAN and UCGAN steps through plain-torch engines (losses, updates, freezing, what the
+scores and the pseudo-label threshold steer), their products and untrained bundles."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from factory.cli import main
+from factory.data.labels import CXR_LABELS
+from factory.models import registry
+from factory.models.bundle import load_bundle
+from factory.models.spec import ImageSampling
+from factory.models.xraygan.ucgan import class_targets
+from factory.train.engines import TorchEngine, torch_engines
+from factory.train.recipes import get_recipe
+
+TINY = {"xraygan-cgan": {"image_size": 32, "g_width": 4, "d_width": 4, "label_embedding": 4, "z_dim": 8},
+        "xraygan-ucgan": {"image_size": 32, "g_width": 4, "d_width": 4, "c_width": 4, "t_width": 4, "t_blocks": 1,
+                          "z_dim": 8}}
+ORDER = {"xraygan-cgan": ["D", "G"], "xraygan-ucgan": ["D", "G", "T", "C"]}
+B = 4
+
+
+def _setup(model: str, seed: int = 0, **overrides):
+    torch.set_num_threads(1)
+    recipe = get_recipe(model)
+    nets = recipe.build({**TINY[model], **overrides}, seed=seed)
+    return recipe, nets, torch_engines(nets, recipe.optimizer_config)
+
+
+def _batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(B, len(CXR_LABELS), generator=g) < 0.3).float()
+    return {"image": torch.rand(B, 1, 32, 32, generator=g) * 2 - 1, "labels": labels,
+            "targets": class_targets(labels, CXR_LABELS)}
+
+
+def _parameters(nets):
+    return {name: {k: v.detach().clone() for k, v in net.named_parameters()} for name, net in nets.items()}
+
+
+def _changed(before, after, name):
+    return [k for k in before[name] if not torch.equal(before[name][k], after[name][k])]
+
+
+def test_optimizer_settings_follow_the_paper():
+    cgan, _, _ = _setup("xraygan-cgan")
+    assert cgan.optimizer_config("G") == cgan.optimizer_config("D") == {"lr": 2e-4, "betas": (0.5, 0.999)}
+    ucgan, _, _ = _setup("xraygan-ucgan")
+    assert {name: ucgan.optimizer_config(name)["lr"] for name in "GDCT"} == {"G": 5e-4, "D": 1e-3, "C": 5e-4,
+                                                                              "T": 5e-4}
+    assert ucgan.optimizer_config("C")["weight_decay"] == 1e-3
+    weights = {k: ucgan.config[k] for k in ("alpha", "beta", "gamma", "eta", "delta", "lambda", "tau", "xi")}
+    assert weights == {"alpha": -0.25, "beta": 3.0, "gamma": 0.001, "eta": 0.015, "delta": 1.0, "lambda": 0.5,
+                       "tau": 1.0, "xi": 0.125}
+    assert ucgan.config["threshold"] == 0.8
+    with pytest.raises(ValueError, match="threshold must lie in"):
+        registry.make_config("xraygan-ucgan", {"threshold": 1.5})
+    with pytest.raises(ValueError, match="unknown xraygan-cgan config keys"):
+        registry.make_config("xraygan-cgan", {"xi": 1.0})
+
+
+@pytest.mark.parametrize("model", ["xraygan-cgan", "xraygan-ucgan"])
+def test_steps_give_finite_losses_change_every_network_and_repeat_exactly(model):
+    runs = []
+    for _ in range(2):
+        recipe, nets, engines = _setup(model)
+        before = _parameters(nets)
+        generator = torch.Generator().manual_seed(3)
+        metrics = [recipe.train_step(engines, _batch(s), s, generator) for s in range(2)]
+        runs.append((metrics, _parameters(nets)))
+    metrics, after = runs[0]
+    assert all(math.isfinite(v) for m in metrics for v in m.values())
+    for name in nets:
+        assert _changed(before, after, name), f"{name} did not change"
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(after[n][k], runs[1][1][n][k]) for n in after for k in after[n])
+
+
+@pytest.mark.parametrize("model", ["xraygan-cgan", "xraygan-ucgan"])
+def test_every_backward_steps_one_engine_and_the_others_are_frozen(model):
+    recipe, nets, engines = _setup(model)
+    calls = []
+
+    class Spy(TorchEngine):
+        def backward(self, loss):
+            trainable = {n for n, e in engines.items() if any(p.requires_grad for p in e.parameters())}
+            calls.append((self.name, trainable))
+            super().backward(loss)
+            others = [p.grad for n, e in engines.items() if n != self.name for p in e.parameters()]
+            assert all(g is None for g in others), f"{self.name}'s backward reached other networks"
+
+    for name, engine in list(engines.items()):
+        spy = Spy(engine.module, engine.optimizer)
+        spy.name = name
+        engines[name] = spy
+    recipe.train_step(engines, _batch(), 0, torch.Generator().manual_seed(0))
+    assert [name for name, _ in calls] == ORDER[model]
+    assert all(trainable == {name} for name, trainable in calls)
+    assert all(p.requires_grad for e in engines.values() for p in e.parameters())  # restored
+    assert all(net.training for net in nets.values())
+
+
+def test_ucgan_scores_steer_the_generator_alone():
+    """Same seeds with and without L_reg: D steps before it, T and C learn from the same fakes, so only G
+    may differ, and each score on its own moves G."""
+    off = {"alpha": 0.0, "beta": 0.0, "gamma": 0.0, "eta": 0.0}
+    ends = {}
+    for label, weights in [("off", off), ("paper", {}), *[(k, {**off, k: 1.0}) for k in off]]:
+        recipe, nets, engines = _setup("xraygan-ucgan", **weights)
+        recipe.train_step(engines, _batch(), 0, torch.Generator().manual_seed(0))
+        ends[label] = _parameters(nets)
+    for label in ("paper", *off):
+        assert _changed(ends["off"], ends[label], "G"), f"{label} does not reach G"
+        for name in ("D", "C"):
+            assert not _changed(ends["off"], ends[label], name), f"{label} reached {name}"
+    # T's loss is gamma x its term: off (gamma 0) and gamma 1 end apart, alpha alone leaves T as off.
+    assert _changed(ends["off"], ends["gamma"], "T") and not _changed(ends["off"], ends["alpha"], "T")
+
+
+def test_ucgan_threshold_decides_which_fakes_train_the_classifier():
+    ends, kept = {}, {}
+    for threshold in (0.0, 1.0):
+        recipe, nets, engines = _setup("xraygan-ucgan", threshold=threshold)
+        metrics = recipe.train_step(engines, _batch(), 0, torch.Generator().manual_seed(0))
+        ends[threshold], kept[threshold] = _parameters(nets), metrics
+    assert kept[0.0]["c_kept"] == 1.0 and kept[0.0]["c_fake"] > 0
+    assert kept[1.0]["c_kept"] == 0.0 and kept[1.0]["c_fake"] == 0.0
+    assert _changed(ends[0.0], ends[1.0], "C") and not _changed(ends[0.0], ends[1.0], "G")
+
+
+def test_cgan_conditioning_labels_reach_both_networks():
+    recipe, nets, engines = _setup("xraygan-cgan")
+    before = _parameters(nets)
+    recipe.train_step(engines, _batch(), 0, torch.Generator().manual_seed(0))
+    after = _parameters(nets)
+    assert "embed.weight" in _changed(before, after, "G") and "embed.weight" in _changed(before, after, "D")
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    G = nets["G"].eval()
+    with torch.no_grad():
+        assert not torch.equal(G(z, torch.zeros(2, 9)), G(z, torch.ones(2, 9)))
+
+
+@pytest.mark.parametrize("model", ["xraygan-cgan", "xraygan-ucgan"])
+def test_products_and_untrained_bundles(model, tmp_path):
+    out = tmp_path / model
+    assert main(["bundle", "init", model, "--out", str(out), "--size", "32", "--width", "4", "--seed", "1"]) == 0
+    bundle = load_bundle(str(out))
+    assert bundle.recipe == model and bundle.label_names == list(CXR_LABELS) and bundle.vocabulary is None
+    product = registry.spec(model).product(ImageSampling)
+    assert registry.spec(model).product_kinds == ["images"]
+    config = bundle.model_config
+    z = torch.randn(3, product.z_dim(config), generator=torch.Generator().manual_seed(0))
+    labels = torch.eye(9)[:3] if product.conditional else None
+    images = product.generate(bundle.nets, labels, z)
+    assert images.shape == (3, 32, 32) and images.dtype == np.uint8
+    # Eval mode: a sample is a function of its own inputs, whatever else is in the batch.
+    alone = product.generate(bundle.nets, None if labels is None else labels[1:2], z[1:2])
+    assert np.array_equal(alone[0], images[1])
+    if product.conditional:
+        assert product.pseudo_label is None and product.threshold is None
+        with pytest.raises(ValueError, match="generates images for given labels"):
+            product.generate(bundle.nets, None, z)
+        return
+    assert product.threshold(config) == 0.8
+    with pytest.raises(ValueError, match="unconditional"):
+        product.generate(bundle.nets, torch.eye(9)[:3], z)
+    vectors, confidence = product.pseudo_label(bundle.nets, images)
+    assert vectors.dtype == confidence.dtype == np.float32 and vectors.shape == (3, 9)
+    assert (vectors.sum(axis=1) == 1).all() and set(np.unique(vectors)) <= {0.0, 1.0}
+    assert ((confidence >= 1 / 9) & (confidence <= 1)).all()
+    again, again_confidence = product.pseudo_label(bundle.nets, images[1:2])
+    assert np.array_equal(again[0], vectors[1]) and again_confidence[0] == pytest.approx(confidence[1])
+
+
+def test_classifier_as_a_loss_network_keeps_its_running_statistics():
+    from factory.train.recipes.xraygan import statistics_kept
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).train()
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 3 + 2
+    with statistics_kept(net):
+        out = net(x)
+    assert torch.equal(net[1].running_mean, torch.zeros(2)) and torch.equal(net[1].running_var, torch.ones(2))
+    assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-5  # normalised by the batch
+    assert net[1].momentum == 0.1
+    net(x)
+    assert not torch.equal(net[1].running_mean, torch.zeros(2))
