@@ -189,3 +189,14 @@ def test_classifier_as_a_loss_network_keeps_its_running_statistics():
     assert net[1].momentum == 0.1
     net(x)
     assert not torch.equal(net[1].running_mean, torch.zeros(2))
+
+
+@pytest.mark.parametrize("model", ["xraygan-cgan", "xraygan-ucgan"])
+def test_example_job_config_names_the_model_and_valid_settings(model):
+    from pathlib import Path
+
+    from factory.config import TrainConfig, load_config
+
+    config = load_config(TrainConfig, Path(__file__).resolve().parents[1] / "jobs" / "configs" / f"train-{model}.yaml")
+    assert config.recipe == model
+    registry.make_config(model, config.model)  # raises on an unknown key or a bad value
