@@ -10,7 +10,8 @@ BENCHMARKS = {
     "cxr-phantom": ("factory.bench.cxr_phantom", "chest X-ray phantom: throughput, and learnability (per-finding AUC)"),
     "produce": ("factory.bench.produce", "production capacity: stages, actor scaling, S3, naive loop, Ray Data"),
     "brain-age": ("factory.bench.brain_age", "brain CT phantom: age regression from one slice (Pearson r)"),
-    "train": ("factory.bench.train_emixer", "train emixer: learning curves within 30 CPU-minutes; --compare: DDP vs ZeRO-0 vs ZeRO-2"),
+    "train": ("factory.bench.train", "train emixer|xraygan: learning curves within 30 CPU-minutes (emixer --compare: DDP vs "
+                                     "ZeRO-0 vs ZeRO-2; xraygan: the paper's Tables 3 and 4)"),
     "duiit": ("factory.bench.duiit", "DUIIT on brain phantoms: CT age MSE with MRI/PET translated into CT (paper Tables 2-4)"),
 }
 

@@ -1,0 +1,393 @@
+"""`medsynth bench train xraygan`: XRAY-GAN's CGAN and UCGAN learn on phantom chest X-rays.
+
+Learning curves (per model): each trains through the runner (Ray Train, 2 workers, DeepSpeed) within
+the same CPU budget as `medsynth bench train emixer` (`--minutes` CPU-minutes of the process tree,
+split into `--segments` runs that resume by name; train_emixer's planner, meter and judge). At each
+evaluation point (step 0, then snapshot and end bundles):
+  CGAN   one image per held-out real phantom's label vector: the judge's macro ROC-AUC on the images
+         for their conditioning labels, next to the judge on those real phantoms; FID in judge
+         features from a second real set, next to real-vs-real FID.
+  UCGAN  as many images from noise; C's pseudo-labels; the share kept at the threshold t; the
+         judge's macro-AUC on the kept images for their pseudo-labels; FID of all images.
+Table 3 (the paper's): a classifier (the judge's architecture, from scratch, the augmentation
+study's loop) trained on each final generator's images only (CGAN: conditioning labels; UCGAN: kept
+pseudo-labels), tested on the held-out real phantoms: precision and recall per finding at 0.5.
+Table 4 (the paper's): UCGAN trained in process (plain torch engines, the same recipe) on
+`--table4-real` real phantoms for `--table4-steps` steps per run; C's macro-AUC on the held-out real
+phantoms for each threshold t, against the same C trained on real images only (xi = 0: the
+pseudo-labelled images weigh nothing), mean and spread over `--seeds` seeds.
+EMIXER's image branch at the same budget comes from its own benchmark's JSON (`--emixer-json`), put in
+the same table.
+
+Writes docs/bench/train_xraygan.json (machine, settings, CPU minutes, every point and table) and the
+tables as Markdown (docs/bench/train_xraygan.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from factory.bench.train_emixer import (CpuMeter, SegmentPlanner, get_judge, machine, real_sets, run_segment,
+                                        segment_bundles, write_json)
+from factory.data.labels import CXR_LABELS
+
+MODELS = ("xraygan-cgan", "xraygan-ucgan")
+# CPU-sized widths (the job configs' on GPUs: jobs/configs/train-xraygan-*.yaml).
+BENCH_MODEL: dict[str, dict[str, Any]] = {
+    "xraygan-cgan": {"g_width": 32, "d_width": 32},
+    "xraygan-ucgan": {"g_width": 32, "d_width": 32, "c_width": 16},
+}
+MIN_SEGMENT_STEPS = 5
+BUDGET_MARGIN = 0.1
+TABLE4_OFFSET = 3_000_000  # Table 4's real training phantoms: indices apart from every other set
+MINIMUM = {"cgan_macro_auc": 0.80, "ucgan_gain_over_real_only": 0.02}
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+def generated(model: str, nets: dict, config: dict, labels: np.ndarray, seed: int, batch: int = 250):
+    """(images uint8 (N, S, S), labels (N, L) 0/1, confidence (N,) or None): CGAN on the given label
+    vectors, UCGAN from noise with C's pseudo-labels."""
+    import torch
+
+    from factory.models import registry
+    from factory.models.spec import ImageSampling
+
+    product = registry.spec(model).product(ImageSampling)
+    conditioning = torch.from_numpy(np.nan_to_num(labels, nan=0.0) == 1).float()
+    noise = torch.randn(len(labels), product.z_dim(config), generator=torch.Generator().manual_seed(seed))
+    images, vectors, confidence = [], [], []
+    for start in range(0, len(labels), batch):
+        part = slice(start, start + batch)
+        if product.conditional:
+            images.append(product.generate(nets, conditioning[part], noise[part]))
+            vectors.append(conditioning[part].numpy())
+        else:
+            chunk = product.generate(nets, None, noise[part])
+            found, sure = product.pseudo_label(nets, chunk)
+            images.append(chunk), vectors.append(found), confidence.append(sure)
+    return (np.concatenate(images), np.concatenate(vectors).astype(np.float32),
+            np.concatenate(confidence) if confidence else None)
+
+
+class Evaluator:
+    def __init__(self, judge, real, seed: int):
+        from factory.evaluate.image_metrics import fid, multilabel_auc
+
+        self.judge, self.real, self.seed = judge, real, seed
+        features, probabilities = judge.evaluate(real.images)
+        self.reference_features = judge.features(real.reference_images)
+        auc = multilabel_auc(probabilities, real.labels, CXR_LABELS)
+        self.baseline = {"count": len(real.images), "real_macro_auc": auc["macro_auc"], "real_auc": auc["auc"],
+                         "positives": auc["positives"], "real_vs_real_fid": fid(self.reference_features, features)}
+
+    def __call__(self, model: str, nets: dict, config: dict) -> dict[str, Any]:
+        from factory.evaluate.image_metrics import fid, label_fidelity
+
+        images, labels, confidence = generated(model, nets, config, self.real.labels, self.seed)
+        features, probabilities = self.judge.evaluate(images)
+        scores: dict[str, Any] = {"fid": fid(self.reference_features, features)}
+        keep = np.ones(len(images), bool) if confidence is None else confidence >= config["threshold"]
+        scores["kept"] = float(keep.mean())
+        if keep.sum() >= 2:
+            fidelity = label_fidelity(probabilities[keep], labels[keep], CXR_LABELS)
+            scores.update(macro_auc=fidelity["macro_auc"], auc=fidelity["auc"])
+        else:
+            scores.update(macro_auc=float("nan"), auc={})
+        if confidence is not None:
+            scores["pseudo_label_counts"] = {n: int(c) for n, c in zip(CXR_LABELS, labels[keep].sum(axis=0))}
+        return {**scores, "_images": images, "_labels": labels, "_keep": keep}
+
+
+def classifier_on(images: np.ndarray, labels: np.ndarray, real, *, seed: int, epochs: int) -> dict[str, Any]:
+    """Table 3: a judge-architecture classifier trained from scratch on (images, labels) only, tested on
+    the held-out real phantoms: per-finding precision and recall at 0.5, and macro-AUC."""
+    import torch
+
+    from factory.evaluate.image_metrics import multilabel_auc, present
+    from factory.evaluate.judge import Judge, _fit, to_judge_input
+    from factory.models import registry
+    from factory.seeding import global_rng_seeded
+
+    size = int(images.shape[-1])
+    config = registry.make_config("judge", {"image_size": size, "num_labels": len(CXR_LABELS)})
+    with global_rng_seeded(seed, torch.device("cpu")):
+        net = registry.build_networks("judge", config)["judge"]
+        _fit(net, to_judge_input(images, size), torch.from_numpy(present(labels).astype(np.float32)), epochs, 64,
+             3e-3, seed, torch.device("cpu"), False)
+    probabilities = Judge(net, list(CXR_LABELS), device="cpu").probabilities(real.images)
+    stated, truth = probabilities >= 0.5, present(real.labels)
+    table = {}
+    for k, name in enumerate(CXR_LABELS):
+        tp, fp, fn = (int((stated[:, k] & truth[:, k]).sum()), int((stated[:, k] & ~truth[:, k]).sum()),
+                      int((~stated[:, k] & truth[:, k]).sum()))
+        table[name] = {"precision": tp / (tp + fp) if tp + fp else float("nan"),
+                       "recall": tp / (tp + fn) if tp + fn else float("nan"), "positives": int(truth[:, k].sum())}
+    return {"per_finding": table, "macro_auc": multilabel_auc(probabilities, real.labels, CXR_LABELS)["macro_auc"],
+            "trained_on": len(images)}
+
+
+# --- learning runs -------------------------------------------------------------------------------
+
+def train_config(args, model: str, storage: str, steps: int, **changes):
+    from factory.config import TrainConfig
+
+    settings = {"name": f"{model}-bench", "storage_path": storage, "recipe": model, "model": BENCH_MODEL[model],
+                "data": {"source": "phantom-cxr", "count": args.count, "size": args.size, "seed": args.seed},
+                "steps": steps, "batch_size": args.batch, "workers": args.workers, "zero_stage": args.zero_stage,
+                "checkpoint_every": steps, "seed": args.seed, "max_failures": 0}
+    settings.update(changes)
+    return TrainConfig.model_validate(settings)
+
+
+def learn(model: str, args, work: str, evaluator: Evaluator, meter: CpuMeter) -> dict[str, Any]:
+    """One model's segments and evaluation points; the last point inside the budget is its final one."""
+    from factory.models.bundle import load_bundle
+    from factory.train.data import prepare_data
+    from factory.train.recipes import get_recipe
+
+    storage = os.path.join(work, "runs")
+    cpu = meter.seconds()
+    prepare_data(train_config(args, model, storage, 1), get_recipe(model), progress=False)
+    data_cpu = meter.seconds() - cpu
+    planner = SegmentPlanner(budget_s=args.minutes * 60, segments=args.segments, margin=BUDGET_MARGIN)
+    train_cpu, eval_cpu, points, step, last = 0.0, 0.0, [], 0, None
+    for segment in range(args.segments):
+        steps = planner.next_steps(train_cpu, segment)
+        if segment == 0 and args.first_steps:
+            steps = min(steps, args.first_steps)
+        if steps < MIN_SEGMENT_STEPS:
+            break
+        bundle_url = os.path.join(work, "bundles", model, f"step-{step + steps:06d}")
+        share = args.points // args.segments + (segment < args.points % args.segments)
+        config = train_config(args, model, storage, step + steps, bundle_out=bundle_url,
+                              snapshot_every=max(math.ceil(steps / max(share, 1)), 1))
+        cpu = meter.seconds()
+        stats = run_segment(config)
+        segment_cpu = meter.seconds() - cpu
+        step_cpu = sum(worker["step_cpu_s"] for worker in stats["workers"])
+        planner.observe(steps, segment_cpu, step_cpu)
+        segment_start, step = step, step + steps
+        cpu = meter.seconds()
+        for at, url in segment_bundles(os.path.join(storage, config.name, "snapshots"), segment_start, step, bundle_url):
+            bundle = load_bundle(url)
+            if not points:  # step 0: the networks as training started (built from the seed alone)
+                initial = get_recipe(model).build(bundle.model_config, seed=args.seed)
+                points.append({"step": 0, "train_cpu_minutes": 0.0, **evaluator(model, initial, bundle.model_config)})
+            at_cpu = train_cpu + (segment_cpu - step_cpu) + step_cpu * (at - segment_start) / steps
+            point = {"step": at, "train_cpu_minutes": at_cpu / 60, **evaluator(model, bundle.nets, bundle.model_config),
+                     "losses": {k: float(v) for k, v in bundle.metadata["metrics"].items()
+                                if k != "steps" and not k.startswith("lr_")}}
+            points.append(point)
+            print(_point_line(model, point), flush=True)
+            last = bundle
+        train_cpu += segment_cpu
+        eval_cpu += meter.seconds() - cpu
+    if last is None:
+        raise RuntimeError(f"the budget of {args.minutes} CPU-minutes did not fit one {model} segment")
+    for point in points:
+        point["over_budget"] = point["train_cpu_minutes"] > args.minutes
+    final = [p for p in points if not p["over_budget"]][-1]
+    cpu = meter.seconds()
+    keep = final["_keep"]
+    table3 = (classifier_on(final["_images"][keep], final["_labels"][keep], evaluator.real, seed=args.seed,
+                            epochs=args.table3_epochs) if keep.sum() >= 2 else None)
+    table3_cpu = meter.seconds() - cpu
+    strip = lambda p: {k: v for k, v in p.items() if not k.startswith("_")}  # noqa: E731
+    return {"points": [strip(p) for p in points], "final": strip(final), "table3": table3,
+            "model_config": last.model_config,
+            "cpu_minutes": {"training": train_cpu / 60, "evaluation": eval_cpu / 60, "training_data": data_cpu / 60,
+                            "table3": table3_cpu / 60},
+            "_images": final["_images"][:16]}
+
+
+def _point_line(model: str, point: dict) -> str:
+    return (f"{model} step {point['step']:5d}  CPU {point['train_cpu_minutes']:5.1f} min  "
+            f"macro-AUC {point['macro_auc']:.3f}  FID {point['fid']:8.2f}  kept {point['kept']:.2f}")
+
+
+# --- Table 4 -------------------------------------------------------------------------------------
+
+def table4(args, real) -> dict[str, Any]:
+    """UCGAN's C on `--table4-real` real phantoms, per threshold and real-only, over seeds (in process)."""
+    import torch
+    from tqdm import tqdm
+
+    from factory.data.phantoms.cxr import generate_study
+    from factory.evaluate.image_metrics import multilabel_auc
+    from factory.models.xraygan.ucgan import class_targets
+    from factory.train.engines import torch_engines
+    from factory.train.recipes import get_recipe
+
+    studies = [generate_study(args.seed, TABLE4_OFFSET + i, args.size) for i in range(args.table4_real)]
+    images = torch.from_numpy(np.stack([s.image for s in studies])).float().div(127.5).sub(1)[:, None]
+    labels = torch.from_numpy(np.stack([s.labels for s in studies]) == 1).float()
+    targets = class_targets(labels, CXR_LABELS)
+    test = torch.from_numpy(real.images).float().div(127.5).sub(1)[:, None]
+    arms = [("real only", {"xi": 0.0})] + [(f"t={t}", {"threshold": t}) for t in args.thresholds]
+    runs: dict[str, list[float]] = {label: [] for label, _ in arms}
+    for seed in range(args.seeds):
+        for label, changes in tqdm(arms, desc=f"table 4, seed {seed}", unit="arm"):
+            recipe = get_recipe("xraygan-ucgan")
+            nets = recipe.build({**BENCH_MODEL["xraygan-ucgan"], "image_size": args.size, **changes}, seed=seed)
+            engines = torch_engines(nets, recipe.optimizer_config)
+            generator = torch.Generator().manual_seed(seed)
+            rng = np.random.default_rng([seed, 4])
+            for step in range(args.table4_steps):
+                index = torch.from_numpy(rng.choice(len(studies), size=args.batch, replace=False))
+                recipe.train_step(engines, {"image": images[index], "labels": labels[index],
+                                            "targets": targets[index]}, step, generator)
+            C = nets["C"].eval()
+            with torch.inference_mode():
+                probabilities = torch.cat([torch.softmax(C(x), dim=1) for x in test.split(250)]).numpy()
+            runs[label].append(multilabel_auc(probabilities, real.labels, CXR_LABELS)["macro_auc"])
+    summary = {label: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v} for label, v in runs.items()}
+    return {"real_images": args.table4_real, "steps": args.table4_steps, "seeds": args.seeds, "arms": summary}
+
+
+# --- output --------------------------------------------------------------------------------------
+
+def tables(result: dict[str, Any]) -> str:
+    real = result["real"]
+    lines = ["| generator | train CPU-min | judge macro-AUC (its labels) | FID (judge features) | kept |",
+             "|---|---|---|---|---|"]
+    models = [m for m in MODELS if m in result]
+    for model in models:
+        for p in result[model]["points"]:
+            lines.append(f"| {model} step {p['step']} | {p['train_cpu_minutes']:.1f} | {p['macro_auc']:.3f} | "
+                         f"{p['fid']:.1f} | {p['kept']:.2f} |")
+    emixer = result.get("emixer_image_branch")
+    if emixer:
+        lines.append(f"| emixer (final, {emixer['source']}) | {emixer['train_cpu_minutes']:.1f} | "
+                     f"{emixer['macro_auc']:.3f} | {emixer['fid']:.1f} | |")
+    lines.append(f"| real phantoms | | {real['real_macro_auc']:.3f} | {real['real_vs_real_fid']:.1f} (real vs real) | |")
+    lines += ["", "Table 3: classifier trained on generated images only, tested on held-out real phantoms",
+              "", "| finding | " + " | ".join(f"{m} precision | {m} recall" for m in models) + " | positives |",
+              "|---|" + "---|---|" * len(models) + "---|"]
+    for name in CXR_LABELS:
+        cells = []
+        for model in models:
+            t3 = result[model]["table3"]
+            row = t3["per_finding"][name] if t3 else {"precision": float("nan"), "recall": float("nan")}
+            cells += [f"{row['precision']:.3f}", f"{row['recall']:.3f}"]
+        positives = next((result[m]["table3"]["per_finding"][name]["positives"] for m in models if result[m]["table3"]), "")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {positives} |")
+    t4 = result.get("table4")
+    if t4:
+        lines += ["", f"Table 4: UCGAN's C macro-AUC on held-out real phantoms, {t4['real_images']} real training "
+                      f"images, {t4['steps']} steps, mean ± std of {t4['seeds']} seeds", "",
+                  "| arm | macro-AUC |", "|---|---|"]
+        lines += [f"| {arm} | {s['mean']:.3f} ± {s['std']:.3f} |" for arm, s in t4["arms"].items()]
+    return "\n".join(lines)
+
+
+def emixer_image_branch(path: str) -> dict[str, Any] | None:
+    """EMIXER's final image scores from its own benchmark's JSON, if there is one."""
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    final = result.get("final") or {}
+    if "macro_auc" not in final:
+        return None
+    return {"source": os.path.basename(path), "macro_auc": final["macro_auc"], "fid": final["fid"],
+            "train_cpu_minutes": final["train_cpu_minutes"], "budget_minutes": result["settings"]["minutes"]}
+
+
+def parse_thresholds(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise SystemExit(f"--thresholds must be numbers in [0, 1], not {text!r}")
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medsynth bench train xraygan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per model in CPU-minutes "
+                                                                     "(process tree; EMIXER's bench default)")
+    parser.add_argument("--segments", type=int, default=2)
+    parser.add_argument("--first-steps", type=int, default=40, help="cap the first segment's steps (0: no cap)")
+    parser.add_argument("--points", type=int, default=4, help="evaluation points per model (plus step 0)")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--count", type=int, default=5000, help="training phantoms")
+    parser.add_argument("--batch", type=int, default=16, help="micro-batch per worker (and Table 4's batch)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2])
+    parser.add_argument("--models", default=",".join(MODELS), help="which learning runs (comma-separated)")
+    parser.add_argument("--eval-count", type=int, default=500, help="held-out real phantoms (and samples) per point")
+    parser.add_argument("--eval-threads", type=int, default=2)
+    parser.add_argument("--table3-epochs", type=int, default=8, help="epochs of Table 3's classifier")
+    parser.add_argument("--table4-real", type=int, default=500, help="Table 4: real training phantoms")
+    parser.add_argument("--table4-steps", type=int, default=1000, help="Table 4: steps per run (0: no Table 4)")
+    parser.add_argument("--thresholds", type=parse_thresholds, default=[0.6, 0.7, 0.8, 0.9])
+    parser.add_argument("--seeds", type=int, default=3, help="Table 4: seeds per arm")
+    parser.add_argument("--judge", help="a judge bundle URL (default: train one at --size into the work folder)")
+    parser.add_argument("--judge-count", type=int, default=5000)
+    parser.add_argument("--judge-epochs", type=int, default=8)
+    parser.add_argument("--emixer-json", default="docs/bench/train_emixer.json",
+                        help="EMIXER's learning benchmark, for its image branch in the same table")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", help="folder for the judge, runs and bundles (default: a new temporary one)")
+    parser.add_argument("--out", default="docs/bench/train_xraygan.json")
+    args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models or set(models) - set(MODELS):
+        raise SystemExit(f"--models must name some of {list(MODELS)}, not {args.models!r}")
+    os.environ.setdefault("RAY_ADDRESS", "")  # a local Ray instance: the CPU meter sees its processes
+
+    import torch
+
+    work = args.work or tempfile.mkdtemp(prefix="medsynth-bench-xraygan-")
+    os.makedirs(work, exist_ok=True)
+    print(f"work folder: {work}")
+    torch.set_num_threads(args.eval_threads)
+    meter, started = CpuMeter(), time.perf_counter()
+    judge, judge_info = get_judge(args, work, meter)
+    real = real_sets(args.eval_count, args.size, args.seed)
+    evaluator = Evaluator(judge, real, seed=args.seed + 17)
+    base = evaluator.baseline
+    print(f"real: judge macro-AUC {base['real_macro_auc']:.3f}, real-vs-real FID {base['real_vs_real_fid']:.2f}")
+    result: dict[str, Any] = {"benchmark": "train xraygan", "real": base, "judge": judge_info}
+    for model in models:
+        result[model] = learn(model, args, work, evaluator, meter)
+    cpu = meter.seconds()
+    result["table4"] = table4(args, real) if args.table4_steps else None
+    table4_cpu = meter.seconds() - cpu
+    result["emixer_image_branch"] = emixer_image_branch(args.emixer_json)
+    minimum: dict[str, Any] = {}
+    if "xraygan-cgan" in result:
+        value = result["xraygan-cgan"]["final"]["macro_auc"]
+        minimum["cgan_judge_macro_auc"] = {"target": MINIMUM["cgan_macro_auc"], "value": value,
+                                           "met": bool(value >= MINIMUM["cgan_macro_auc"])}
+    if result["table4"] and "t=0.8" in result["table4"]["arms"]:
+        arms = result["table4"]["arms"]
+        gain = arms["t=0.8"]["mean"] - arms["real only"]["mean"]
+        minimum["ucgan_c_gain_at_t_0.8"] = {"target": MINIMUM["ucgan_gain_over_real_only"], "value": gain,
+                                            "met": bool(gain >= MINIMUM["ucgan_gain_over_real_only"])}
+    result["minimum"] = minimum
+    result["settings"] = {k: v for k, v in vars(args).items() if k not in ("work",)} | {"bench_model": BENCH_MODEL}
+    result["machine"] = machine()
+    result["cpu_minutes"] = {"judge": judge_info["cpu_s"] / 60, "table4": table4_cpu / 60, "total": meter.seconds() / 60}
+    result["wall_minutes"] = (time.perf_counter() - started) / 60
+    meter.close()
+    write_json(args.out, {k: ({n: v2 for n, v2 in v.items() if not n.startswith("_")} if k in MODELS else v)
+                          for k, v in result.items()})
+    markdown = tables(result)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(markdown + "\n")
+    print(markdown)
+    print(json.dumps(minimum, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
