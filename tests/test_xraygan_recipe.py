@@ -200,3 +200,30 @@ def test_example_job_config_names_the_model_and_valid_settings(model):
     config = load_config(TrainConfig, Path(__file__).resolve().parents[1] / "jobs" / "configs" / f"train-{model}.yaml")
     assert config.recipe == model
     registry.make_config(model, config.model)  # raises on an unknown key or a bad value
+
+
+@pytest.mark.parametrize("model", ["xraygan-cgan", "xraygan-ucgan"])
+def test_bundles_produce_image_samples_in_process(model, tmp_path):
+    """The bundle through production's image producer (in this process: the pool's own tests cover actors)."""
+    import json
+    import tarfile
+
+    from factory.config import ProduceConfig
+    from factory.models.cli import init_bundle
+    from factory.produce.runs import production_spec
+    from factory.produce.writer import write_run
+
+    init_bundle(str(tmp_path / "bundle"), model, size=32, width=4, seed=1)
+    # An untrained classifier is unsure of everything: a low threshold keeps its pseudo-labelled samples.
+    threshold = {"threshold": 0.05} if model == "xraygan-ucgan" else {}
+    config = ProduceConfig(bundle=str(tmp_path / "bundle"), count=4, shard_size=4, batch_size=2, seed=2,
+                           out=str(tmp_path / "run"), **threshold)
+    producer, spec = production_spec(config)
+    manifest = write_run(producer.build(spec.seed).make_batch(range(4)), config.out, spec, progress=False)
+    assert spec.sample_kind == "image" and manifest["count"] == 4
+    with tarfile.open(tmp_path / "run" / "shard-000000.tar") as tar:
+        names = tar.getnames()
+        meta = json.loads(tar.extractfile(next(n for n in names if n.endswith(".json"))).read())
+    assert {n.rsplit(".", 1)[1] for n in names} == {"png", "cls", "json"}
+    assert meta["source"]["recipe"] == model and sum(meta["labels"].values()) >= 1
+    assert ("pseudo_label" in meta) is (model == "xraygan-ucgan")
