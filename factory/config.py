@@ -293,6 +293,8 @@ class TrainConfig(JobConfig):
     seed: int = Field(0, ge=0)
     max_failures: int = Field(2, ge=-1, description="worker-group restarts before the run fails (-1: no limit)")
     bundle_out: str | None = Field(None, description="export a bundle here at the end")
+    start_from: str | None = Field(None, description="a bundle the recipe starts networks from before the first "
+                                   "step (EMIXER: a chest X-ray classifier for F's encoder); the exported bundle records it")
     snapshot_every: int | None = Field(None, gt=0, description="also export a bundle every K steps, to "
                                                                "STORAGE_PATH/NAME/snapshots/step-NNNNNN")
 

@@ -1,7 +1,7 @@
 """Every evaluation metric under one import, plus the two regression metrics.
 
 Image and label metrics (FID, KID, Inception-Score analogue, label fidelity, ROC-AUC) live in
-image_metrics.py, report metrics (BLEU, CIDEr-D, ROUGE-L, labeler agreement) in text_metrics.py;
+image_metrics.py, report metrics (BLEU, CIDEr-D, ROUGE-L, labeler agreement, clinical efficacy) in text_metrics.py;
 mean squared error and Pearson r (regression targets such as brain age) are defined here.
 """
 
@@ -15,12 +15,12 @@ import torch
 from factory.errors import BadInputError
 from factory.evaluate.image_metrics import (binary_auc, fid, inception_score, kid, label_fidelity,
                                             multilabel_auc, present)
-from factory.evaluate.text_metrics import (bleu, cider, labeler_agreement, normalise, report_metrics,
-                                           rouge_l)
+from factory.evaluate.text_metrics import (bleu, cider, clinical_efficacy, labeler_agreement, normalise,
+                                           report_metrics, rouge_l, stated_findings)
 
-__all__ = ["binary_auc", "bleu", "cider", "fid", "inception_score", "kid", "label_fidelity", "labeler_agreement",
+__all__ = ["binary_auc", "bleu", "cider", "clinical_efficacy", "fid", "inception_score", "kid", "label_fidelity", "labeler_agreement",
            "mean_squared_error", "multilabel_auc", "normalise", "pearson_r", "present", "report_metrics",
-           "rouge_l"]
+           "rouge_l", "stated_findings"]
 
 
 def _regression_pair(predictions: Any, targets: Any, min_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -135,3 +135,60 @@ def labeler_agreement(reports: Sequence[str], labels: Any,
     return {"agreement": float(agree.all(axis=1).mean()), "accuracy": float(agree.mean()),
             "per_label": {name: float(agree[:, k].mean()) for k, name in enumerate(label_names)},
             "precision": precision, "recall": recall, "f1": f1}
+
+
+# The eight findings clinical efficacy is scored over: every CheXpert-style label but "No Finding", which
+# is the absence of the others, not a finding a report states.
+CE_FINDINGS = tuple(name for name in CXR_LABELS if name != "No Finding")
+
+
+def stated_findings(reports: Sequence[str], label_names: Sequence[str] = CXR_LABELS) -> np.ndarray:
+    """(N, K) bool: which of `label_names` the labeler reads as present (1) in each report."""
+    from factory.data.text.labeler import label_report
+
+    if isinstance(reports, str):
+        raise BadInputError("reports", "expected a sequence of reports, got one string")
+    return np.array([[label_report(str(r)).get(name) == 1.0 for name in label_names] for r in reports],
+                    dtype=bool).reshape(len(reports), len(label_names))
+
+
+def clinical_efficacy(stated: Any, labels: Any, label_names: Sequence[str] = CXR_LABELS) -> dict[str, Any]:
+    """Clinical efficacy (the report-generation literature's CE: precision, recall and F1 of what a
+    labeler reads in generated reports against the study's labels), over the eight findings of
+    CE_FINDINGS, present = positive on both sides.
+
+    `stated` is (N, K) bool over `label_names` (`stated_findings` of reports, or a classifier's
+    thresholded probabilities: the same figures for any reader); `labels` (N, K) CheXpert values, only 1
+    counts. Micro: pooled over findings; macro: the mean of per-finding precision, recall and F1 (0 where
+    undefined, as scikit-learn's zero_division=0), over findings with at least one labelled positive.
+    `exact_match`: share of samples whose eight findings agree exactly (a secondary figure)."""
+    from factory.evaluate.image_metrics import present
+
+    stated = np.asarray(stated, dtype=bool)
+    intended = present(labels)
+    if stated.ndim != 2 or stated.shape != intended.shape or stated.shape[1] != len(label_names):
+        raise BadInputError("labels", f"stated {stated.shape} and labels {intended.shape} must both be "
+                                      f"(N, {len(label_names)})")
+    if not len(stated):
+        raise BadInputError("reports", "nothing to score")
+    columns = [list(label_names).index(name) for name in CE_FINDINGS if name in label_names]
+    if not columns:
+        raise BadInputError("label_names", f"none of the findings {list(CE_FINDINGS)}")
+    stated, intended = stated[:, columns], intended[:, columns]
+    tp = (stated & intended).sum(axis=0)
+    n_stated, n_intended = stated.sum(axis=0), intended.sum(axis=0)
+
+    def ratio(a, b):
+        return np.where(b > 0, a / np.maximum(b, 1), 0.0)
+
+    precision, recall, f1 = ratio(tp, n_stated), ratio(tp, n_intended), ratio(2 * tp, n_stated + n_intended)
+    scored = n_intended > 0
+    names = [name for name in CE_FINDINGS if name in label_names]
+    micro = {"precision": float(ratio(tp.sum(), n_stated.sum())), "recall": float(ratio(tp.sum(), n_intended.sum())),
+             "f1": float(ratio(2 * tp.sum(), n_stated.sum() + n_intended.sum()))}
+    macro = {key: float(values[scored].mean()) if scored.any() else float("nan")
+             for key, values in (("precision", precision), ("recall", recall), ("f1", f1))}
+    return {"micro": micro, "macro": macro, "exact_match": float((stated == intended).all(axis=1).mean()),
+            "per_finding": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "positives": int(n)}
+                            for name, p, r, f, n in zip(names, precision, recall, f1, n_intended)},
+            "count": int(len(stated))}

@@ -56,6 +56,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # with batch norm, "resnet10" or "resnet18" (a classifier backbone, as the paper's DenseNet is;
     # it reads the findings far better than the BigGAN trunk when trained alone: docs/bench/train_emixer.md).
     "f_encoder": "biggan",
+    # F's encoder may start from a chest X-ray classifier bundle (TrainConfig.start_from; the paper's
+    # DenseNet is pretrained so): `f_encoder_frozen` then keeps it and its label head as they came (in
+    # eval mode: batch norm on the classifier's running statistics), and F's encoder reads its images
+    # normalised as the classifier read its films, ((x + 1) / 2 - f_input_mean) / f_input_std for F's
+    # x in [-1, 1] (0.5 / 0.5: x itself).
+    "f_encoder_frozen": False,
+    "f_input_mean": 0.5,
+    "f_input_std": 0.5,
     "image_feature": 512,
     "word_embedding": 128,
     "hidden": 256,
@@ -100,6 +108,10 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
         raise ValueError(f"label_fraction must lie in [0, 1], not {config['label_fraction']!r}")
     if config["f_encoder"] not in F_ENCODERS:
         raise ValueError(f"f_encoder must be one of {sorted(F_ENCODERS)}, not {config['f_encoder']!r}")
+    if not isinstance(config["f_encoder_frozen"], bool):
+        raise ValueError(f"f_encoder_frozen must be true or false, not {config['f_encoder_frozen']!r}")
+    if not isinstance(config["f_input_std"], (int, float)) or config["f_input_std"] <= 0:
+        raise ValueError(f"f_input_std must be positive, not {config['f_input_std']!r}")
     if config["vocab_size"] <= Vocabulary.unk_id:
         raise ValueError("vocab_size must exceed the 4 special tokens")
     for key in ("channels", "num_labels", "z_chunk", "class_embedding", "g_width", "d_width", "f_width",
@@ -185,6 +197,13 @@ class ReportGenerator(nn.Module):
                         if resnet_blocks is None else ResNetEncoder(config["channels"], resnet_blocks))
         self.feature = nn.Linear(self.encoder.out_channels, config["image_feature"])
         self.label_head = nn.Linear(self.encoder.out_channels, config["num_labels"])
+        # ((x + 1) / 2 - mean) / std as one affine map of x
+        self.input_scale = 0.5 / float(config["f_input_std"])
+        self.input_shift = (0.5 - float(config["f_input_mean"])) / float(config["f_input_std"])
+        self.encoder_frozen = bool(config["f_encoder_frozen"])
+        if self.encoder_frozen:
+            for p in (*self.encoder.parameters(), *self.label_head.parameters()):
+                p.requires_grad_(False)
         self.sentence_lstm = nn.LSTMCell(config["image_feature"], hidden)
         self.stop = nn.Linear(hidden, 1)
         self.topic = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
@@ -192,6 +211,18 @@ class ReportGenerator(nn.Module):
         self.word_embed = nn.Embedding(config["vocab_size"], embedding)
         self.word_lstm = nn.LSTM(embedding, hidden, num_layers=config["word_layers"], batch_first=True)
         self.word_out = nn.Linear(hidden, config["vocab_size"])
+
+    def train(self, mode: bool = True) -> ReportGenerator:
+        super().train(mode)
+        if self.encoder_frozen:  # a frozen classifier reads with its own batch-norm statistics
+            self.encoder.eval()
+        return self
+
+    def read(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's pooled features of (B, C, S, S) images in [-1, 1]."""
+        if self.input_scale != 1.0 or self.input_shift != 0.0:
+            images = images * self.input_scale + self.input_shift
+        return self.encoder(images)
 
     def forward(self, images: torch.Tensor, reports: torch.Tensor | None = None, *, mode: str = "teacher",
                 temperature: float = 1.0, generator: torch.Generator | None = None,
@@ -204,7 +235,7 @@ class ReportGenerator(nn.Module):
         differentiable with respect to F (and, through the image, G).
         Rows after the sentence decoder's STOP and words after <eos> are <pad> in every sampling mode.
         `with_labels` (sampling modes): also return the label head's logits, from the same encoder pass."""
-        features = self.encoder(images)
+        features = self.read(images)
         if mode == "labels":
             return self.label_head(features)
         sentences = reports.shape[1] if reports is not None else (max_sentences or self.max_sentences)
@@ -220,11 +251,12 @@ class ReportGenerator(nn.Module):
             raise ValueError(f"unknown report mode {mode!r}")
         if mode != "greedy" and generator is None:
             raise ValueError(f"report mode {mode!r} needs a torch.Generator")
-        tokens = self._words(topics.reshape(b * s, e), max_words or self.max_words, mode, temperature, generator)
+        # STOP draws come first: the word loop may end early, and what it draws depends on when.
         if mode == "greedy":
             stops = stop_logits > 0
         else:
             stops = uniform(stop_logits.shape, generator, stop_logits.device) < torch.sigmoid(stop_logits)
+        tokens = self._words(topics.reshape(b * s, e), max_words or self.max_words, mode, temperature, generator)
         # A sentence exists while no STOP has been drawn at or before it.
         exists = torch.cumsum(stops.long(), dim=1) == 0
         tokens = _mask_to_pad(tokens.view(b, s, *tokens.shape[1:]), exists[:, :, None])
@@ -246,6 +278,10 @@ class ReportGenerator(nn.Module):
         finished = torch.zeros(topics.shape[0], dtype=torch.bool, device=topics.device)
         outputs = []
         for _ in range(max_words):
+            if outputs and bool(finished.all()):  # every sentence has ended: the rest is <pad>
+                pad = _mask_to_pad(outputs[-1], torch.zeros_like(finished))
+                outputs += [pad] * (max_words - len(outputs))
+                break
             out, state = self.word_lstm(x[:, None], state)
             logits = self.word_out(out[:, 0])
             if mode == "greedy":
@@ -327,8 +363,13 @@ class JointDiscriminator(nn.Module):
         self.report_embed = sn(nn.Linear(hidden, hidden))
         self.head = nn.Sequential(nn.ReLU(), sn(nn.Linear(2 * hidden, hidden)), nn.ReLU(), sn(nn.Linear(hidden, 1)))
 
-    def forward(self, images: torch.Tensor, reports: torch.Tensor) -> torch.Tensor:
-        joint = torch.cat([self.image_embed(self.image(images)), self.report_embed(self.reader(reports))], dim=1)
+    def forward(self, images: torch.Tensor, reports: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B,) of pairs (images[image_index[i]], reports[i]); image_index None pairs them in order.
+        An image in several pairs (a real image with its own and another study's report) is read once."""
+        image = self.image_embed(self.image(images))
+        if image_index is not None:
+            image = image[image_index]
+        joint = torch.cat([image, self.report_embed(self.reader(reports))], dim=1)
         return self.head(joint).squeeze(1)
 
 
@@ -367,6 +408,15 @@ def generate(nets: Mapping[str, nn.Module], labels: torch.Tensor, z: torch.Tenso
         ids = F_(images, mode=mode, temperature=word_temperature or 1.0, generator=generator,
                  max_sentences=max_sentences, max_words=max_words)
     return to_uint8(images), ids.cpu().numpy()
+
+
+def write_reports(nets: Mapping[str, nn.Module], images: torch.Tensor) -> np.ndarray:
+    """F's greedy report token ids (B, S, W) of (B, C, S, S) images in [-1, 1] (real films, for instance)."""
+    F_ = nets["F"]
+    F_.eval()
+    first = next(F_.parameters())
+    with torch.inference_mode():
+        return F_(images.to(device=first.device, dtype=first.dtype), mode="greedy").cpu().numpy()
 
 
 def decode_reports(ids: np.ndarray, vocabulary: Vocabulary) -> list[str]:

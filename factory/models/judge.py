@@ -28,8 +28,10 @@ from factory.models.blocks import with_input_channels
 from factory.models.spec import GeneratorSpec, UntrainedShape
 
 NET_NAME = "judge"
-# torchvision ResNets; each gets a `channels`-channel first convolution in place of its RGB one.
-ARCHITECTURES = ("resnet18", "resnet34")
+# torchvision ResNets (blocks per stage); each gets a `channels`-channel first convolution in place of
+# its RGB one. "resnet10" (one block a stage) is the half-cost classifier EMIXER's report generator
+# can start its encoder from (factory.models.emixer, `f_encoder: resnet10`).
+ARCHITECTURES = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "arch": "resnet18",
@@ -75,7 +77,8 @@ class JudgeNet(nn.Module):
         config = make_config(config)
         self.image_size = config["image_size"]
         self.input_mean, self.input_std = float(config["input_mean"]), float(config["input_std"])
-        net = getattr(torchvision.models, config["arch"])(weights=None, num_classes=config["num_labels"])
+        net = torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, list(ARCHITECTURES[config["arch"]]),
+                                               num_classes=config["num_labels"])
         net.conv1 = with_input_channels(net.conv1, config["channels"])
         self.num_features = net.fc.in_features
         self.head = nn.Sequential(nn.Dropout(config["dropout"]), net.fc)

@@ -151,6 +151,12 @@ def _worker_loop(loop_config: dict) -> dict[str, Any] | None:
     recipe = get_recipe(config.recipe)
     model_config = recipe.model_config(config.model, data)
     nets = recipe.build(model_config, seed=config.seed)  # same initial weights on every rank
+    if config.start_from:  # before any checkpoint, which then overrides it; the record stays for the export
+        from factory.models.bundle import load_bundle
+
+        if not hasattr(recipe, "start_from"):
+            raise ValueError(f"recipe {config.recipe!r} cannot start from a bundle")
+        recipe.start_from(nets, load_bundle(config.start_from), data)
     engines = make_engines(config, recipe, nets, device)
 
     start = 0

@@ -45,6 +45,7 @@ all, so neither the label embeddings of G nor the projection of D_image learn fr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -58,6 +59,7 @@ from factory.models.registry import build_networks
 from factory.train.engines import Engine, frozen
 
 if TYPE_CHECKING:
+    from factory.models.bundle import Bundle
     from factory.config import TrainDataConfig
     from factory.train.data import TrainingData
 
@@ -105,6 +107,37 @@ class EmixerRecipe:
     def __init__(self) -> None:
         self.config: dict[str, Any] | None = None
         self.vocabulary: Vocabulary | None = None
+        self.started_from: dict[str, Any] | None = None
+
+    def start_from(self, nets: Mapping[str, nn.Module], bundle: Bundle, data: TrainingData) -> dict[str, Any]:
+        """Load a chest X-ray classifier bundle (recipe "judge", factory.models.judge) into F's encoder and
+        label head, as the paper's F starts from a pretrained classifier; returns what is recorded of it.
+
+        The classifier must be the torchvision ResNet that `f_encoder` names, at the training image size,
+        over the training labels, reading its films normalised as `f_input_mean` / `f_input_std` say.
+        Raises ValueError otherwise."""
+        config = self._config()
+        meta, judge = bundle.metadata, bundle.model_config
+        if meta["recipe"] != "judge":
+            raise ValueError(f"F's encoder starts from a classifier bundle (recipe 'judge'), not {meta['recipe']!r}")
+        wanted = {"arch": config["f_encoder"], "image_size": config["image_size"], "channels": config["channels"],
+                  "input_mean": config["f_input_mean"], "input_std": config["f_input_std"]}
+        found = {key: judge.get(key) for key in wanted}
+        if found != wanted:
+            raise ValueError(f"classifier {meta['bundle_id']} has {found}; F's encoder needs {wanted} "
+                             "(model keys f_encoder, image_size, channels, f_input_mean, f_input_std)")
+        label_names = list(data.parts[STUDIES].label_names)
+        if list(bundle.label_names) != label_names:
+            raise ValueError(f"classifier {meta['bundle_id']} reads {list(bundle.label_names)}, "
+                             f"the training data has {label_names}")
+        net, F_ = bundle.nets["judge"], nets["F"]
+        F_.encoder.net.load_state_dict(net.trunk.state_dict())
+        F_.label_head.load_state_dict(net.head[-1].state_dict())
+        self.started_from = {"bundle_id": meta["bundle_id"], "url": bundle.url,
+                             "macro_auc": meta["metrics"].get("macro_auc"),
+                             "training_data": meta["training_data"].get("description", ""),
+                             "frozen": config["f_encoder_frozen"]}
+        return self.started_from
 
     def build(self, model_config: Mapping[str, Any], seed: int | None = None) -> dict[str, nn.Module]:
         """Networks by name: G, F, D_image, D_report, D_joint (config checked and completed first)."""
@@ -158,8 +191,11 @@ class EmixerRecipe:
         combos, counts = np.unique(positives, axis=0, return_counts=True)
         prior = [{"labels": [n for n, on in zip(part.label_names, combo) if on] or ["No Finding"],
                   "share": float(c / counts.sum())} for combo, c in zip(combos, counts)]
+        training_data: dict[str, Any] = {"label_prior": prior}
+        if self.started_from is not None:
+            training_data["f_encoder_started_from"] = self.started_from
         return {"label_names": list(part.label_names), "vocabulary": data.info["vocabulary"],
-                "training_data": {"label_prior": prior}}
+                "training_data": training_data}
 
     def _vocabulary(self, data: TrainingData) -> Vocabulary:
         if self.vocabulary is None:
@@ -168,7 +204,7 @@ class EmixerRecipe:
 
     def train_step(self, engines: Mapping[str, Engine], batch: Mapping[str, torch.Tensor], step: int,
                    generator: torch.Generator) -> dict[str, float]:
-        """Two discriminator steps and one generator (G, then F) step; returns mean losses.
+        """Two discriminator steps and one generator (F, then G) step on one set of fakes; returns mean losses.
 
         `step` is part of the recipe protocol; EMIXER's schedule does not change with it."""
         config = self._config()
@@ -181,13 +217,25 @@ class EmixerRecipe:
         if images.shape[0] < config["d_steps"]:
             raise ValueError(f"a batch needs at least d_steps={config['d_steps']} samples")
 
+        # One set of fakes and one free-running report each per step, their graphs kept for the G and F
+        # step: the straight-through words are exact one-hot samples of F's word distribution at tau, so
+        # the discriminators train on their ids as they would on separately sampled reports.
+        n = images.shape[0]
+        fake, fake_labels, fake_labelled = self._fakes(engines, labels, labelled, n, generator)
+        fake_in = fake.detach().requires_grad_(True)  # F's input: its gradient is what G gets through F
+        words, read_labels = engines["F"](fake_in, mode="gumbel", temperature=config["gumbel_temperature"],
+                                          generator=generator, with_labels=True)
+        fakes = Fakes(fake.detach(), fake_labels, fake_labelled, words.detach().argmax(dim=-1))
+
         metrics: dict[str, torch.Tensor] = {}
-        slices = torch.arange(images.shape[0], device=device).chunk(config["d_steps"])
+        slices = torch.arange(n, device=device).chunk(config["d_steps"])
         for part in slices:
             for key, value in self._discriminator_step(
-                    engines, images[part], labels[part], labelled[part], reports[part], generator).items():
+                    engines, images[part], labels[part], labelled[part], reports[part], fakes.part(part),
+                    generator).items():
                 metrics[key] = metrics.get(key, 0.0) + value.detach() / len(slices)
-        metrics.update(self._generator_step(engines, images, labels, labelled, reports, generator))
+        metrics.update(self._generator_step(engines, images, labels, labelled, reports, fake, fake_in, words,
+                                            read_labels, fakes, generator))
         return {key: float(value) for key, value in metrics.items()}
 
     def _config(self) -> dict[str, Any]:
@@ -212,19 +260,18 @@ class EmixerRecipe:
     def _quarter_turns(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
         return torch.randint(4, (n,), generator=generator, device=generator.device).to(device)
 
-    def _discriminator_step(self, engines, images, labels, labelled, reports, generator) -> dict[str, torch.Tensor]:
+    def _discriminator_step(self, engines, images, labels, labelled, reports, fakes: Fakes,
+                            generator) -> dict[str, torch.Tensor]:
         config, n = self.config, images.shape[0]
         G, F_, D_image, D_report, D_joint = (engines[name] for name in self.net_names)
-        with torch.no_grad():
-            fake, fake_labels, fake_labelled = self._fakes(engines, labels, labelled, n, generator)
-            fake_reports = F_(fake, mode="sample", generator=generator)
+        fake, fake_reports = fakes.images, fakes.reports
 
         turns = self._quarter_turns(n, generator, images.device)
         with frozen(G, F_, D_report, D_joint):
             logits, rotation = D_image(
                 torch.cat([images, fake, rotate(images, turns)]),
-                torch.cat([labels, fake_labels, torch.zeros_like(labels)]),
-                torch.cat([labelled, fake_labelled, torch.zeros_like(labelled)]))
+                torch.cat([labels, fakes.labels, torch.zeros_like(labels)]),
+                torch.cat([labelled, fakes.labelled, torch.zeros_like(labelled)]))
             adversarial = hinge_d(logits[:n], logits[n:2 * n])
             rotation_loss = F.cross_entropy(rotation[2 * n:].float(), turns)
             D_image.backward(adversarial + config["rotation_weight_d"] * rotation_loss)
@@ -237,56 +284,75 @@ class EmixerRecipe:
         D_report.step()
 
         with frozen(G, F_, D_image, D_report):
-            # Fakes: generated pairs, and real images with another study's report (mismatched).
-            logits = D_joint(torch.cat([images, fake, images]),
-                             torch.cat([reports, fake_reports, reports.roll(1, dims=0)]))
+            # Fakes: generated pairs, and real images with another study's report (mismatched); each
+            # real image is read once for both of its pairs.
+            own = torch.arange(n, device=images.device)
+            logits = D_joint(torch.cat([images, fake]), torch.cat([reports, fake_reports, reports.roll(1, dims=0)]),
+                             image_index=torch.cat([own, own + n, own]))
             joint_loss = F.relu(1 - logits[:n]).mean() + 0.5 * (
                 F.relu(1 + logits[n:2 * n]).mean() + F.relu(1 + logits[2 * n:]).mean())
             D_joint.backward(joint_loss)
         D_joint.step()
         return {"d_image": adversarial, "d_rotation": rotation_loss, "d_report": report_loss, "d_joint": joint_loss}
 
-    def _generator_step(self, engines, images, labels, labelled, reports, generator) -> dict[str, torch.Tensor]:
+    def _generator_step(self, engines, images, labels, labelled, reports, fake, fake_in, words, read_labels,
+                        fakes: Fakes, generator) -> dict[str, torch.Tensor]:
         config, n = self.config, images.shape[0]
         G, F_, D_image, D_report, D_joint = (engines[name] for name in self.net_names)
-        tau = config["gumbel_temperature"]
-
-        turns = self._quarter_turns(n, generator, images.device)
         extra: dict[str, torch.Tensor] = {}
-        with frozen(F_, D_image, D_report, D_joint):
-            fake, fake_labels, fake_labelled = self._fakes(engines, labels, labelled, n, generator)
-            logits, rotation = D_image(torch.cat([fake, rotate(fake, turns)]),
-                                       torch.cat([fake_labels, torch.zeros_like(fake_labels)]),
-                                       torch.cat([fake_labelled, torch.zeros_like(fake_labelled)]))
-            image_loss = -logits[:n].mean()
-            rotation_loss = F.cross_entropy(rotation[n:].float(), turns)
-            words, read_labels = F_(fake, mode="gumbel", temperature=tau, generator=generator, with_labels=True)
-            report_loss = -D_report(words).mean()
-            joint_loss = -D_joint(fake, words).mean()
-            loss = (image_loss + config["rotation_weight_g"] * rotation_loss
-                    + config["report_weight"] * report_loss + config["joint_weight"] * joint_loss)
-            if config["label_consistency_weight"]:
-                consistency = encoder_label_loss(read_labels, fake_labels, fake_labelled)
-                loss = loss + config["label_consistency_weight"] * consistency
-                extra["g_label_consistency"] = consistency.detach()
-            G.backward(loss)
-        G.step()
 
-        fake = fake.detach()
+        # F: likelihood of the real reports, its label head on the real labels, and the report and joint
+        # adversarial terms of its words for the fakes (against the discriminators as just stepped).
+        # Those terms are G's too: F's backward leaves their gradient with respect to the fake images in
+        # fake_in.grad, and G takes it from there (the chain rule through F, without a second pass).
         with frozen(G, D_image, D_report, D_joint):
             stop_logits, word_logits, label_logits = F_(images, reports)
             word_nll, stop_nll = report_nll(stop_logits, word_logits, reports)
             label_bce = encoder_label_loss(label_logits, labels, labelled)
-            words = F_(fake, mode="gumbel", temperature=tau, generator=generator)
-            f_report = -D_report(words).mean()
-            f_joint = -D_joint(fake, words).mean()
+            report_loss = -D_report(words).mean()
+            joint_loss = -D_joint(fake_in, words).mean()
+            adversarial = config["report_weight"] * report_loss + config["joint_weight"] * joint_loss
+            through_f = torch.zeros_like(fake_in)
+            if config["label_consistency_weight"]:
+                # G's alone: its gradient with respect to the images, none to F's weights.
+                consistency = encoder_label_loss(read_labels, fakes.labels, fakes.labelled)
+                (through_f,) = torch.autograd.grad(config["label_consistency_weight"] * consistency, fake_in,
+                                                   retain_graph=True)
+                extra["g_label_consistency"] = consistency.detach()
             F_.backward(config["mle_weight"] * (word_nll + stop_nll) + config["encoder_label_weight"] * label_bce
-                        + config["report_weight"] * f_report + config["joint_weight"] * f_joint)
+                        + adversarial)
         F_.step()
+        if fake_in.grad is not None:
+            through_f = through_f + fake_in.grad
+
+        turns = self._quarter_turns(n, generator, images.device)
+        with frozen(F_, D_image, D_report, D_joint):
+            logits, rotation = D_image(torch.cat([fake, rotate(fake, turns)]),
+                                       torch.cat([fakes.labels, torch.zeros_like(fakes.labels)]),
+                                       torch.cat([fakes.labelled, torch.zeros_like(fakes.labelled)]))
+            image_loss = -logits[:n].mean()
+            rotation_loss = F.cross_entropy(rotation[n:].float(), turns)
+            # (fake * through_f).sum() has gradient through_f with respect to the images.
+            G.backward(image_loss + config["rotation_weight_g"] * rotation_loss + (fake * through_f).sum())
+        G.step()
         return {"g_image": image_loss.detach(), "g_rotation": rotation_loss.detach(),
                 "g_report": report_loss.detach(), "g_joint": joint_loss.detach(),
                 "f_word_nll": word_nll.detach(), "f_stop_nll": stop_nll.detach(), "f_label_bce": label_bce.detach(),
-                "f_report": f_report.detach(), "f_joint": f_joint.detach(), **extra}
+                **extra}
+
+
+@dataclass
+class Fakes:
+    """A step's fake images, their condition labels, whether those count, and F's reports of them (ids),
+    all detached: what the discriminators train on."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    labelled: torch.Tensor
+    reports: torch.Tensor
+
+    def part(self, index: torch.Tensor) -> Fakes:
+        return Fakes(self.images[index], self.labels[index], self.labelled[index], self.reports[index])
 
 
 def make_batch(images: torch.Tensor, labels: torch.Tensor, reports: Sequence[str], indices: Iterable[int],
