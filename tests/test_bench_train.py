@@ -45,13 +45,13 @@ def test_macro_f1_reads_reports_with_the_labeler():
 
 def test_learning_plot_writes_four_panels_and_samples(tmp_path):
     points = [{"step": s, "train_cpu_minutes": m, "macro_auc": a, "fid": f, "bleu_1": b,
-               "labeler": {"agreement": g, "f1": g, "macro_f1": g / 2}}
+               "ce": {"micro": {"f1": g}, "macro": {"f1": g / 2}, "exact_match": g / 3}}
               for s, m, a, f, b, g in [(0, 0.0, 0.5, 400.0, 0.0, 0.17), (100, 10.0, 0.62, 90.0, 0.2, 0.2),
                                        (300, 29.0, 0.7, 40.0, 0.4, 0.3)]]
     result = {"points": points, "final": points[-1], "settings": {"size": 64, "workers": 2},
               "cpu_minutes": {"training": 29.0},
               "real": {"real_macro_auc": 0.88, "real_vs_real_fid": 8.0, "rewritten_reports": {"bleu_1": 0.53}},
-              "minimum": {"synthetic_macro_auc": {"target": 0.75}, "labeler_agreement": {"target": 0.7}}}
+              "minimum": {"synthetic_macro_auc": {"target": 0.75}, "ce_micro_f1": {"target": 0.5}}}
     path = tmp_path / "curves.png"
     plot_learning(result, np.zeros((16, 64, 64), np.uint8), str(path))
     with Image.open(path) as image:

@@ -155,3 +155,40 @@ def test_make_batch_encodes_reports_and_labelled_mask():
     assert batch["report"].shape == (2, 3, 5) and batch["report"].dtype == torch.long
     assert vocab.decode_sentences(batch["report"][0].numpy()) == "heart is normal."
     assert batch["labelled"].tolist() == labelled_mask([10, 11], 0.5, 0).tolist()
+
+
+def test_f_encoder_starts_from_a_classifier_bundle_and_stays_frozen(tmp_path):
+    from types import SimpleNamespace
+
+    from factory.data.labels import CXR_LABELS
+    from factory.models.bundle import load_bundle, write_bundle
+    from factory.models.registry import build_networks, make_config
+
+    judge_config = make_config("judge", {"arch": "resnet10", "image_size": 32})
+    classifier = build_networks("judge", judge_config, seed=5)["judge"]
+    write_bundle(str(tmp_path / "encoder"), "judge", {"judge": classifier}, judge_config, list(CXR_LABELS), None,
+                 training_data={"fingerprint": "x", "description": "other patients"}, metrics={"macro_auc": 0.9},
+                 trained=True)
+    bundle = load_bundle(str(tmp_path / "encoder"))
+    data = SimpleNamespace(parts={"studies": SimpleNamespace(label_names=tuple(CXR_LABELS))})
+    recipe, nets, engines = _setup(f_encoder="resnet10", f_encoder_frozen=True, f_input_std=0.25)
+    record = recipe.start_from(nets, bundle, data)
+    assert record["bundle_id"] == bundle.bundle_id and record["frozen"] is True
+    F_ = nets["F"]
+    assert torch.equal(F_.encoder.net.layer1[0].conv1.weight, classifier.trunk.layer1[0].conv1.weight)
+    assert torch.equal(F_.label_head.weight, classifier.head[-1].weight)
+    # F reads a [-1, 1] image as the classifier reads the same [0, 1] film
+    image = torch.rand(2, 1, 32, 32)
+    F_.eval()
+    assert torch.allclose(F_(image * 2 - 1, mode="labels"), classifier.eval()(image), atol=1e-5)
+
+    before = _snapshot(nets)
+    F_.train()
+    recipe.train_step(engines, _batch([True] * B), 0, torch.Generator().manual_seed(0))
+    after = _snapshot(nets)
+    assert not F_.encoder.training  # batch norm keeps the classifier's statistics
+    assert all(torch.equal(before["F"][k], after["F"][k]) for k in before["F"] if k.startswith(("encoder.", "label_head.")))
+    assert not torch.equal(before["F"]["word_out.weight"], after["F"]["word_out.weight"])
+
+    with pytest.raises(ValueError, match="F's encoder needs"):
+        _setup(f_encoder="resnet18")[0].start_from(_setup(f_encoder="resnet18")[1], bundle, data)

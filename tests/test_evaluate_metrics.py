@@ -341,3 +341,25 @@ def test_mean_squared_error_and_pearson_by_hand():
         metrics.mean_squared_error([1, 2], [1, 2, 3])
     with pytest.raises(BadInputError):
         metrics.pearson_r([1.0, NAN], [1.0, 2.0])
+
+
+def test_clinical_efficacy_micro_macro_over_the_eight_findings():
+    from factory.evaluate.metrics import clinical_efficacy, stated_findings
+
+    names = list(CXR_LABELS)
+    labels = np.zeros((4, len(names)), np.float32)
+    labels[0, names.index("Cardiomegaly")] = 1
+    labels[1, names.index("Edema")] = 1
+    labels[2, names.index("Edema")] = 1
+    labels[3, names.index("No Finding")] = 1
+    reports = ["The heart is enlarged.", "Mild pulmonary edema.", "No edema. Cardiomegaly.", "No acute process."]
+    ce = clinical_efficacy(stated_findings(reports), labels)
+    # stated: Cardiomegaly x2 (one right), Edema x1 (right); intended: Cardiomegaly 1, Edema 2
+    assert ce["micro"] == {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3}
+    assert ce["macro"]["f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)  # only findings with a labelled positive
+    assert ce["macro"]["precision"] == pytest.approx((0.5 + 1.0) / 2)
+    assert ce["exact_match"] == 0.75  # "No Finding" is no finding: sample 4 agrees
+    normal = clinical_efficacy(stated_findings(["No acute process."] * 4), labels)
+    assert normal["micro"]["f1"] == 0.0 and normal["macro"]["recall"] == 0.0
+    with pytest.raises(BadInputError):
+        clinical_efficacy(np.zeros((3, len(names)), bool), labels)

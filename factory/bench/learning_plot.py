@@ -124,13 +124,14 @@ def plot_learning(result: dict[str, Any], images: np.ndarray | None, path: str) 
     fid.series(xs, [p["fid"] for p in points], COLOURS["synthetic"], "generated vs real")
     fid.level(real["real_vs_real_fid"], COLOURS["real"], "real vs real")
 
-    lab = Panel(draw, (0, 40 + PANEL_H), "labeler agreement of generated reports", x_max, (0.0, 1.0))
-    lab.series(xs, [p["labeler"]["agreement"] for p in points], COLOURS["synthetic"], "exact match (headline)")
-    lab.series(xs, [p["labeler"]["f1"] for p in points], COLOURS["f1"], "micro F1, present findings")
-    lab.series(xs, [p["labeler"]["macro_f1"] for p in points], COLOURS["macro_f1"], "macro F1 over findings")
-    lab.level(result["minimum"]["labeler_agreement"]["target"], COLOURS["target"], "minimum (exact match)", dotted=True)
-    if "judge_reading_real_images" in real:
-        lab.level(real["judge_reading_real_images"]["agreement"], COLOURS["real"], "judge reading real images (exact)")
+    lab = Panel(draw, (0, 40 + PANEL_H), "clinical efficacy of generated reports (labeler F1)", x_max, (0.0, 1.0))
+    lab.series(xs, [p["ce"]["micro"]["f1"] for p in points], COLOURS["synthetic"], "micro F1, eight findings")
+    lab.series(xs, [p["ce"]["macro"]["f1"] for p in points], COLOURS["macro_f1"], "macro F1")
+    lab.series(xs, [p["ce"]["exact_match"] for p in points], COLOURS["f1"], "exact match (secondary)")
+    lab.level(result["minimum"]["ce_micro_f1"]["target"], COLOURS["target"], "minimum (micro F1)", dotted=True)
+    if "judge_reading_real_images_ce" in real:
+        lab.level(real["judge_reading_real_images_ce"]["micro"]["f1"], COLOURS["real"],
+                  "judge reading real images (micro F1)")
 
     bleu = Panel(draw, (PANEL_W, 40 + PANEL_H), "BLEU-1 of generated vs real reports", x_max, (0.0, 1.0))
     bleu.series(xs, [p["bleu_1"] for p in points], COLOURS["synthetic"], "generated")
