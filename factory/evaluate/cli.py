@@ -31,6 +31,9 @@ def _configure_judge(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2, help="share held out for the AUCs (default 0.2)")
     parser.add_argument("--data", metavar="ROOT", help="train on a dataset you own instead of phantoms")
     parser.add_argument("--layout", choices=CXR_LAYOUTS, help="layout of --data")
+    parser.add_argument("--arch", choices=["resnet10", "resnet18", "resnet34"], default="resnet18",
+                        help="the ResNet (default resnet18; resnet10 for EMIXER's F encoder to start from, with "
+                             "--phantom-seed 2: other patients than the generator's and the judge's)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
 
@@ -46,7 +49,8 @@ def _run_judge(args: argparse.Namespace) -> int:
 
         data = dataset_data(open_dataset(args.data, args.layout, size=args.size), args.size)
     result = train_judge(args.out, data=data, count=args.count, size=args.size, epochs=args.epochs, seed=args.seed,
-                         phantom_seed=args.phantom_seed, test_fraction=args.test_fraction, device=args.device)
+                         phantom_seed=args.phantom_seed, test_fraction=args.test_fraction, arch=args.arch,
+                         device=args.device)
     print(auc_table(result.auc, result.positives, result.macro_auc))
     print(f"\n{result.metadata['bundle_id']}  {args.out}  ({result.train_count} trained, {result.test_count} held out, "
           f"{args.epochs} epochs, {result.wall_s:.0f} s)")
@@ -156,7 +160,9 @@ def _run_report(args: argparse.Namespace) -> int:
           f"judge macro-AUC {metrics['label_fidelity']['synthetic_macro_auc']:.3f} "
           f"(real {metrics['label_fidelity']['real_macro_auc']:.3f})")
     if "reports" in metrics:
-        print(f"BLEU-1 {metrics['reports']['bleu_1']:.3f}, labeler agreement {metrics['reports']['labeler']['agreement']:.3f}")
+        ce = metrics["reports"]["clinical_efficacy"]
+        print(f"BLEU-1 {metrics['reports']['bleu_1']:.3f}, clinical efficacy micro-F1 {ce['micro']['f1']:.3f}, "
+              f"macro-F1 {ce['macro']['f1']:.3f} (exact match {ce['exact_match']:.3f})")
     if "memorization" in metrics:
         print(f"memorization: {len(metrics['memorization']['flagged_any'])} samples closer to a training image than "
               "the 1st percentile of real-to-real distances")

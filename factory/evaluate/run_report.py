@@ -170,6 +170,14 @@ def measure(synthetic: SyntheticData, real: RealData, judge, *, train_images: np
         result["reports"] = {
             **text_metrics.report_metrics(candidates, _references(synthetic.labels, real, seed)),
             "labeler": text_metrics.labeler_agreement(candidates, synthetic.labels, names),
+            # CE: what the labeler reads in each report against the labels its pair was made for, beside
+            # the judge reading the same pairs' images and a report that always says normal.
+            "clinical_efficacy": text_metrics.clinical_efficacy(text_metrics.stated_findings(candidates, names),
+                                                                synthetic.labels, names),
+            "clinical_efficacy_judge_on_images": text_metrics.clinical_efficacy(fake_probabilities >= 0.5,
+                                                                                synthetic.labels, names),
+            "clinical_efficacy_always_normal": text_metrics.clinical_efficacy(
+                np.zeros((len(candidates), len(names)), bool), synthetic.labels, names),
         }
     if train_images is not None and held_out_images is not None:
         import torch
@@ -266,11 +274,17 @@ def render_html(run_url: str, manifest: dict[str, Any], metrics: dict[str, Any],
             + [("labeler agreement (exact findings)", labeler["agreement"]),
                ("labeler per-finding accuracy", labeler["accuracy"]),
                ("labeler precision / recall / F1", f"{labeler['precision']:.3f} / {labeler['recall']:.3f} / "
-                                                   f"{labeler['f1']:.3f}")],
+                                                   f"{labeler['f1']:.3f}")]
+            + [(f"clinical efficacy, {who}: micro P / R / F1; macro P / R / F1",
+                " / ".join(f"{reports[key][avg][m]:.3f}" for avg in ("micro", "macro") for m in ("precision", "recall", "f1")))
+               for who, key in (("reports", "clinical_efficacy"), ("judge reading the images", "clinical_efficacy_judge_on_images"),
+                                ("always-normal report", "clinical_efficacy_always_normal")) if key in reports],
             ["metric", "value"]),
             "<p class=note>References: up to 5 real reports stating the same findings as each sample. "
             "Labeler agreement: the share of reports whose findings, as the CheXpert-style labeler reads them, "
-            "are exactly the sample's conditioning labels.</p>"]
+            "are exactly the sample's conditioning labels. Clinical efficacy: the labeler's precision, recall and "
+            "F1 over the eight findings (No Finding left out) against the conditioning labels, pooled (micro) and "
+            "per finding averaged (macro).</p>"]
 
     parts += ["<h2 id=labels>Label distribution</h2>",
               f"<img alt='label histogram' src='{_label_histogram(metrics['label_shares'])}'>"]
