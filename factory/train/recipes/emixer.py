@@ -1,23 +1,30 @@
 """EMIXER training step: two discriminator steps per generator step, engine-agnostic.
 
 One `train_step` call takes a batch of B real studies and does:
-1. `d_steps` (2) discriminator steps, each on its own 1/d_steps slice of the batch and fresh fakes
-   (G and F run without gradients): D_image (hinge real/fake with projection for labelled samples,
-   plus rotation cross-entropy on rotated real images, weight `rotation_weight_d`), D_report (hinge
-   on real vs sampled reports) and D_joint (hinge; its fakes are half generated pairs and half real
-   images with another study's report, so it also learns whether a report fits its image).
-2. one G step on B fakes: hinge generator losses from D_image (projection included), D_report and
-   D_joint, plus the rotation loss on rotated fakes (weight `rotation_weight_g`, the paper's alpha,
-   as in self-supervised GANs); with `label_consistency_weight` > 0 (not in the paper, off by default)
-   also the binary cross-entropy of F's label head on the labelled fakes against their conditioning labels.
-3. one F step: teacher-forced maximum likelihood on the real pairs (word cross-entropy and the
-   sentence decoder's STOP cross-entropy) plus the same report and joint adversarial losses on
-   reports of the (detached) fakes, plus `encoder_label_weight` x the binary cross-entropy of F's
-   label head on the labelled real images. The paper's F encoder is a DenseNet pretrained as a chest
-   X-ray classifier; nothing is pretrained here, so the label head teaches F's encoder the same
-   task while it trains (without it F learns to read findings only through the few finding words of
-   the likelihood term, and at a few hundred steps writes the same "normal" report for every image),
-   and the likelihood term is what teaches F to write reports at all.
+0. G draws B fakes and F writes one free-running report of each (straight-through Gumbel words), both
+   graphs kept: the step's only generated batch and only free-running decode.
+1. `d_steps` (2) discriminator steps, each on its own 1/d_steps slice of the batch and of those fakes
+   (detached; the reports as ids): D_image (hinge real/fake with projection for labelled samples, plus
+   rotation cross-entropy on rotated real images, weight `rotation_weight_d`), D_report (hinge on real
+   vs F's reports) and D_joint (hinge; its fakes are half generated pairs and half real images with
+   another study's report, so it also learns whether a report fits its image).
+2. one F step: teacher-forced maximum likelihood on the real pairs (word cross-entropy and the
+   sentence decoder's STOP cross-entropy), `encoder_label_weight` x the binary cross-entropy of F's
+   label head on the labelled real images, and the report and joint adversarial losses of its reports
+   of the fakes against the discriminators as just stepped. F reads the fakes from a detached copy
+   that requires grad, so F's backward leaves the gradient of those terms with respect to the images
+   there.
+3. one G step: the hinge term of D_image (projection included) and the rotation loss on rotated fakes
+   (weight `rotation_weight_g`, the paper's alpha, as in self-supervised GANs), plus the report and
+   joint terms through the image gradient step 2 left (the chain rule through F, without a second
+   pass through F and the report discriminators); with `label_consistency_weight` > 0 (not in the
+   paper, off by default) also the binary cross-entropy of F's label head on the labelled fakes against
+   their conditioning labels (inside F's backward when F's encoder and head are frozen, so it trains
+   no F weight; else read apart in this step).
+The paper's F encoder is a DenseNet pretrained as a chest X-ray classifier: `start_from` loads such a
+classifier (trained here from scratch) into F's encoder and label head; without one, the label head
+teaches F's encoder the labels while it trains (without it F learns to read findings only through the
+few finding words of the likelihood term), and the likelihood term is what teaches F to write at all.
 Each backward runs inside `frozen(...)` of every engine it does not step (DeepSpeed ZeRO-2 needs it).
 
 Hinge loss is used for all three discriminators (as in SAGAN/BigGAN, on which EMIXER's image
@@ -312,18 +319,17 @@ class EmixerRecipe:
             report_loss = -D_report(words).mean()
             joint_loss = -D_joint(fake_in, words).mean()
             adversarial = config["report_weight"] * report_loss + config["joint_weight"] * joint_loss
-            through_f = torch.zeros_like(fake_in)
+            consistency = None
             if config["label_consistency_weight"]:
-                # G's alone: its gradient with respect to the images, none to F's weights.
                 consistency = encoder_label_loss(read_labels, fakes.labels, fakes.labelled)
-                (through_f,) = torch.autograd.grad(config["label_consistency_weight"] * consistency, fake_in,
-                                                   retain_graph=True)
                 extra["g_label_consistency"] = consistency.detach()
+            # G's alone. With F's encoder and label head frozen it goes into F's backward, which then gives
+            # it no weight but leaves its image gradient on fake_in; otherwise G's step reads it apart.
+            joins_f = consistency is not None and config["f_encoder_frozen"]
             F_.backward(config["mle_weight"] * (word_nll + stop_nll) + config["encoder_label_weight"] * label_bce
-                        + adversarial)
+                        + adversarial + (config["label_consistency_weight"] * consistency if joins_f else 0.0))
         F_.step()
-        if fake_in.grad is not None:
-            through_f = through_f + fake_in.grad
+        through_f = fake_in.grad if fake_in.grad is not None else torch.zeros_like(fake_in)
 
         turns = self._quarter_turns(n, generator, images.device)
         with frozen(F_, D_image, D_report, D_joint):
@@ -333,7 +339,12 @@ class EmixerRecipe:
             image_loss = -logits[:n].mean()
             rotation_loss = F.cross_entropy(rotation[n:].float(), turns)
             # (fake * through_f).sum() has gradient through_f with respect to the images.
-            G.backward(image_loss + config["rotation_weight_g"] * rotation_loss + (fake * through_f).sum())
+            loss = image_loss + config["rotation_weight_g"] * rotation_loss + (fake * through_f).sum()
+            if consistency is not None and not joins_f:  # F frozen here: its label head reads G's images
+                read = F_(fake, mode="labels")
+                loss = loss + config["label_consistency_weight"] * encoder_label_loss(read, fakes.labels,
+                                                                                      fakes.labelled)
+            G.backward(loss)
         G.step()
         return {"g_image": image_loss.detach(), "g_rotation": rotation_loss.detach(),
                 "g_report": report_loss.detach(), "g_joint": joint_loss.detach(),
