@@ -36,9 +36,10 @@ class GateConfig(JobConfig):
 
 # The largest run one command takes (docs/architecture.md, "A run on storage"). Sample keys hold the
 # index in ten digits; a billion samples (at several KB each, terabytes) is past where a run is better
-# split into several (other seeds). The manifest lists every shard (about 0.55 KB of JSON each) and the
-# driver holds every commit record until it writes it (about 2.7 KB each), so 10^5 shards keep the
-# manifest near 55 MB and the records near 270 MB; a billion samples then take shards of 10^4.
+# split into several (other seeds). The manifest lists every shard (about 0.6 KB of JSON each) and the
+# driver holds every commit record until it writes it (about 2.7 KB each, 7 KB per shard at its peak;
+# docs/bench/load.md), so 10^5 shards keep the manifest near 60 MB and the driver within 0.7 GB above
+# its start; a billion samples then take shards of 10^4.
 MAX_COUNT = 10**9
 MAX_SHARDS = 10**5
 

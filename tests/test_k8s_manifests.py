@@ -4,6 +4,8 @@ each RayJob's worker groups against the job config it runs."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import json
 import math
@@ -402,7 +404,7 @@ def test_core_object_has_its_required_fields(item):
     if kind == "ConfigMap":
         assert all(isinstance(v, str) for v in doc["data"].values()), path
     if kind == "Secret":
-        assert doc["type"] == "Opaque" and doc["stringData"], path
+        assert doc["type"] == "Opaque" and doc["data"], path
 
 
 def test_services_select_existing_pods():
@@ -413,14 +415,76 @@ def test_services_select_existing_pods():
         assert any(service["spec"]["selector"].items() <= labels.items() for labels in pod_labels), path
 
 
-def test_secret_is_an_example_with_placeholders_only():
+# Credential shapes: AWS access key ids (AKIA long-term, ASIA temporary, and the other IAM unique-id
+# prefixes), and 40-character secret access keys (base64 alphabet, mixed case and digits: a git sha or
+# a hex digest is not one).
+KEY_ID = re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])")
+SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
+
+
+def looks_secret(token: str) -> bool:
+    return all(re.search(c, token) for c in ("[A-Z]", "[a-z]", "[0-9]"))
+
+
+def credential_shapes(text: str) -> list[str]:
+    """Credential-shaped strings in `text`, plain or base64-encoded (as a Secret's `data` holds them)."""
+    found = KEY_ID.findall(text) + [t for t in SECRET_KEY.findall(text) if looks_secret(t)]
+    for run in BASE64_RUN.findall(text):
+        for start in range(4):  # a base64 run inside a longer token may start off a 4-character boundary
+            chunk = run[start:]
+            chunk = chunk[:len(chunk) - len(chunk) % 4]
+            try:
+                decoded = base64.b64decode(chunk, validate=True).decode("ascii")
+            except (binascii.Error, UnicodeDecodeError):
+                continue
+            found += [f"base64 of {hit}" for hit in credential_shapes(decoded)]
+    return found
+
+
+def test_the_credential_search_finds_what_it_looks_for():
+    # AWS's documented example keys, assembled here so that no scanner mistakes this file for a leak.
+    key_id, secret = "AKIA" + "IOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
+    assert credential_shapes(f"id: {key_id}") == [key_id]
+    assert credential_shapes(f"value: ASIA{key_id[4:]}") == [f"ASIA{key_id[4:]}"]
+    assert credential_shapes(f"secret: '{secret}'") == [secret]
+    for value in (key_id, secret):
+        encoded = base64.b64encode(value.encode()).decode()
+        assert credential_shapes(f"data: {{KEY: {encoded}}}") == [f"base64 of {value}"]
+        assert credential_shapes(f"KEY=Q{encoded}") == [f"base64 of {value}"], "glued to another character"
+    # Look-alikes that are no credential: a git sha, a sha256, words, a kebab-case name.
+    assert not credential_shapes("commit 9fceb02d0ae598e95dc970b74767f19372d61af8 sha256:" + "ab12" * 16
+                                 + " medsynth-factory AWS_SECRET_ACCESS_KEY REPLACE-ME")
+
+
+@pytest.mark.parametrize("path", sorted(p for p in K8S.rglob("*") if p.is_file()), ids=lambda p: str(p.relative_to(K8S)))
+def test_k8s_holds_no_credential(path):
+    assert not credential_shapes(path.read_text()), f"{path}: holds a credential-shaped string"
+
+
+def test_no_container_sets_a_credential_literally():
+    """Credential variables come from the Secret (valueFrom, envFrom), never as a literal value."""
+    for path, doc in OBJECTS:
+        for key, value in walk(doc):
+            if key == "env" and isinstance(value, dict) and "value" in value:
+                assert not re.search(r"KEY|SECRET|PASSWORD|TOKEN|CREDENTIAL", value["name"]), \
+                    f"{path}: {value['name']} is set literally; take it from the medsynth-s3 Secret"
+
+
+def test_the_example_secret_cannot_be_applied_as_is():
+    """The only Secret is the example, outside the kustomization, and every value is a placeholder
+    the API server refuses: a Secret's `data` values must be base64 (Go's encoding/base64, which skips
+    only line breaks), and `stringData`, which it would take as is, is absent."""
     secrets = [(p, d) for p, d in OBJECTS if d["kind"] == "Secret"]
-    assert secrets
-    for path, secret in secrets:
-        assert path.name.endswith(".example.yaml"), f"{path}: a real Secret must not be committed"
-        assert all(v.startswith("REPLACE-ME") for v in secret["stringData"].values()), path
-    for path in manifest_files():
-        assert not re.search(r"AKIA[0-9A-Z]{16}", path.read_text()), f"{path}: looks like an AWS key"
+    assert [p.name for p, _ in secrets] == ["s3-credentials.example.yaml"]
+    (path, secret), = secrets
+    assert path.name not in yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    assert "stringData" not in secret, f"{path}: stringData would be applied as is"
+    assert set(secret["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    for key, value in secret["data"].items():
+        with pytest.raises(binascii.Error):
+            base64.b64decode(value.replace("\n", "").replace("\r", ""), validate=True)
+        assert "REPLACE ME" in value, f"{path}: {key} should say it is a placeholder"
 
 
 def test_pods_reference_only_the_secret_keys_the_example_defines():
@@ -429,7 +493,7 @@ def test_pods_reference_only_the_secret_keys_the_example_defines():
         for key, value in walk(doc):
             if key == "secretKeyRef":
                 assert value["name"] == secret["metadata"]["name"], path
-                assert value["key"] in secret["stringData"], path
+                assert value["key"] in secret["data"], path
 
 
 # --- Kustomization -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
 from tqdm import tqdm
@@ -23,20 +24,36 @@ from factory.storage import StorageOptions
 log = logging.getLogger(__name__)
 
 
+# Commit records and their shards are read this many at a time: on an object store each read waits on a
+# round trip, and a serial scan of 10^5 shards would wait on 2*10^5 of them. Each thread holds one shard's
+# bytes while it verifies them, so the scan's memory is this many shards.
+SCAN_THREADS = 8
+_SCAN_CHUNK = 512  # shards handed to the threads at once: the scan holds no future per shard of the run
+
+
 def committed_shards(out: str, spec: RunSpec, storage_options: StorageOptions = None) -> dict[int, dict[str, Any]]:
     """Shards of this run already committed and verified; a shard of another run is an error. Found
     from the sidecars listed, so the work follows what is stored, not the number of shards planned."""
-    indices = (sidecar_index(name) for name in storage.list_names(out, storage_options))
-    committed = {}
-    for index in sorted(i for i in indices if i is not None and i < spec.num_shards):
+    indices = sorted(i for i in map(sidecar_index, storage.list_names(out, storage_options))
+                     if i is not None and i < spec.num_shards)
+
+    def check(index: int) -> dict[str, Any] | None:
         record = read_sidecar(out, index, storage_options)
         check_belongs(record, spec, storage.join(out, sidecar_name(index)))
         try:
             verify_shard(out, record, storage_options, sample_kind=spec.sample_kind)
         except FactoryError as err:
             log.warning("rewriting shard %d: %s", index, err)
-            continue
-        committed[index] = record
+            return None
+        return record
+
+    committed = {}
+    with ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="scan") as threads:
+        for start in range(0, len(indices), _SCAN_CHUNK):
+            chunk = indices[start:start + _SCAN_CHUNK]
+            for index, record in zip(chunk, threads.map(check, chunk)):
+                if record is not None:
+                    committed[index] = record
     return committed
 
 
