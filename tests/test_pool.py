@@ -132,7 +132,8 @@ def test_interrupted_driver_resumes_to_exactly_once(tmp_path):
     deadline = time.monotonic() + 120
     while not list(out.glob("*.commit.json")) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.05)
-    assert first.poll() is None, "the run ended before it could be interrupted"
+    if first.poll() is not None:
+        pytest.fail(f"the run ended before it could be interrupted:\n{first.communicate()[0][-3000:]}")
     os.killpg(first.pid, signal.SIGINT)
     output = first.communicate(timeout=60)[0]
     assert first.returncode != 0, output
