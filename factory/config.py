@@ -317,7 +317,7 @@ class TrainConfig(JobConfig):
 class BenchConfig(JobConfig):
     """jobs/bench.py: one benchmark of `medsynth bench` with its own options."""
 
-    benchmark: Literal["produce", "cxr-phantom", "brain-age", "train", "duiit"]  # = factory.bench.cli.BENCHMARKS
+    benchmark: Literal["produce", "cxr-phantom", "brain-age", "train", "duiit", "load"]  # = factory.bench.cli.BENCHMARKS
     args: tuple[str, ...] = Field((), description="the benchmark's options, as on the command line")
 
     @field_validator("args", mode="before")
