@@ -1,16 +1,19 @@
 """The production actor pool on a real local Ray instance: reproducible across actor counts,
-exactly once when an actor is killed or the driver interrupted, shards straight to S3."""
+exactly once when an actor is killed or the driver interrupted, shards straight to S3; its Ray
+metrics as Ray's Prometheus endpoint serves them."""
 
 import io
 import itertools
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -41,6 +44,24 @@ def all_keys(out, manifest):
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             keys += sorted({m.name.split(".", 1)[0] for m in tar.getmembers()})
     return keys
+
+
+def scraped(ray, run_id: str, wanted: dict[tuple[str, str | None], float], timeout_s: float = 40.0) -> dict:
+    """The run's medsynth series from the Prometheus endpoint of Ray's metrics agent, once they show
+    `wanted` ((name, gate) -> value): the agent exports what it received every few seconds."""
+    port = ray._private.worker._global_node.metrics_export_port
+    line = re.compile(r'^ray_(medsynth_\w+?)(?:_total)?\{(.*)\} (\S+)$')
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        series = {}
+        for match in filter(None, map(line.match, body.splitlines())):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match[2]))
+            if labels.get("run_id") == run_id:
+                series[(match[1], labels.get("gate"))] = float(match[3])
+        if all(series.get(key) == value for key, value in wanted.items()) or time.monotonic() > deadline:
+            return series
+        time.sleep(1)
 
 
 def test_one_or_two_actors_write_byte_identical_shards(ray_local, tmp_path):
@@ -84,6 +105,11 @@ def test_killed_actor_shard_is_redone_exactly_once(ray_local, tmp_path):
     assert all_keys(out, manifest) == [f"kill-test-{i:010d}" for i in range(600)]
     assert not [n for n in storage.list_names(out) if n.endswith(".partial")]
     verify_run(out, manifest)
+    wanted = {("medsynth_produce_samples", None): 600, ("medsynth_produce_shards_committed", None): 30,
+              ("medsynth_produce_actor_restarts", None): 1, ("medsynth_produce_shard_seconds_count", None): 30}
+    series = scraped(ray_local, "kill-test", wanted)
+    assert {key: series.get(key) for key in wanted} == wanted
+    assert series[("medsynth_produce_samples_per_second", None)] > 0
 
 
 def test_more_actors_than_the_cluster_places_finish_on_those_it_does(ray_local, tmp_path, caplog):
@@ -155,16 +181,20 @@ def test_quality_gate_drops_before_writing_and_manifest_counts(ray_local, tmp_pa
     gate = {"scorer": "factory.produce.gates:image_contrast", "min": threshold, "reason": "flat-image",
             "quality_key": "contrast"}
     out = str(tmp_path / "gated")
-    manifest = produce(PRODUCER, out, run_spec(count=30, shard_size=10), actors=2, gates=[gate], progress=False)
+    manifest = produce(PRODUCER, out, run_spec(count=30, shard_size=10, run_id="gate-test"), actors=2, gates=[gate],
+                       progress=False)
     assert manifest["dropped"] == {"flat-image": 10}
     assert manifest["count"] == 20 and sum(s["count"] for s in manifest["shards"]) == 20
     kept = sorted(i for i, c in enumerate(contrasts) if c >= threshold)
-    assert all_keys(out, manifest) == [f"pool-test-{i:010d}" for i in kept]
+    assert all_keys(out, manifest) == [f"gate-test-{i:010d}" for i in kept]
     verify_run(out, manifest)
     card = open(os.path.join(out, "dataset_card.md")).read()  # written before the manifest, beside it
-    assert '---\nrun_id: "pool-test"\nsample_kind: "pair"\ncount: 20\n' in card
+    assert '---\nrun_id: "gate-test"\nsample_kind: "pair"\ncount: 20\n' in card
     assert "built-in chest X-ray phantom" in card and "dropped by quality gates: flat-image 10" in card
     assert "quality gates: " in card and "not for diagnosis" in card
+    wanted = {("medsynth_produce_samples_dropped", "flat-image"): 10, ("medsynth_produce_samples", None): 20}
+    series = scraped(ray_local, "gate-test", wanted)
+    assert {key: series.get(key) for key in wanted} == wanted
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
+from collections import defaultdict
 from typing import Any
 
 from factory import storage
@@ -57,6 +59,7 @@ def summary(url: str, manifest: dict[str, Any], verified: str) -> str:
         lines.append(f"pseudo-labels  kept where the classifier's confidence is at least {threshold:g}")
     if manifest["dropped"]:
         lines.append("dropped        " + ", ".join(f"{k}: {v}" for k, v in manifest["dropped"].items()))
+    lines += timing_lines(manifest["shards"])
     if manifest["label_histogram"]:
         lines.append("labels (samples where present)")
         width = max(len(name) for name in manifest["label_histogram"])
@@ -65,6 +68,39 @@ def summary(url: str, manifest: dict[str, Any], verified: str) -> str:
             share = count / max(manifest["count"], 1)
             lines.append(f"  {name:<{width}}  {count:>8}  {share:6.1%}  {'#' * round(30 * count / top)}")
     return "\n".join(lines)
+
+
+def timing_lines(shards: list[dict[str, Any]]) -> list[str]:
+    """How the shards were written, from their commit records (img2dataset's per-shard stats are the
+    model): time per shard, samples per second of one writer and of the whole run, and the same by
+    node. Records written before commits carried `seconds` and `node` are counted apart."""
+    timed = [r for r in shards if "seconds" in r and "node" in r and "finished_at" in r]
+    if not timed:
+        return ["timing         not recorded (the shards' commit records predate it)"] if shards else []
+    seconds = [r["seconds"] for r in timed]
+    samples = sum(r["count"] for r in timed)
+    total = sum(seconds)
+    head = "timing         " if len(timed) == len(shards) else f"timing         {len(timed)} of {len(shards)} shards: "
+    lines = [f"{head}{total:.1f} s writing shards, mean {total / len(timed):.2f} s a shard "
+             f"(min {min(seconds):.2f}, max {max(seconds):.2f}), {_rate(samples, total)} samples/s per writer"]
+    finished = [dt.datetime.fromisoformat(r["finished_at"]) for r in timed]
+    began = min(end - dt.timedelta(seconds=r["seconds"]) for end, r in zip(finished, timed))
+    span = (max(finished) - began).total_seconds()
+    lines.append(f"wall           {span:.1f} s from the first shard's start to the last commit, "
+                 f"{_rate(samples, span)} samples/s overall")
+    by_node: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in timed:
+        by_node[record["node"]].append(record)
+    width = max(len("node"), *(len(node) for node in by_node))
+    lines += ["by node", f"  {'node':<{width}}  {'shards':>6}  {'samples':>8}  {'seconds':>8}  samples/s per writer"]
+    for node, records in sorted(by_node.items()):
+        count, spent = sum(r["count"] for r in records), sum(r["seconds"] for r in records)
+        lines.append(f"  {node:<{width}}  {len(records):>6}  {count:>8}  {spent:>8.1f}  {_rate(count, spent)}")
+    return lines
+
+
+def _rate(samples: int, seconds: float) -> str:
+    return f"{samples / seconds:,.1f}" if seconds > 0 else "-"
 
 
 def extract_sample(url: str, manifest: dict[str, Any], index: int, out: str) -> str:

@@ -7,7 +7,8 @@ so the driver's memory does not grow with the run: the plan is a generator of sh
 actors take them. Shards go only to actors that have started, so actors the cluster cannot place
 (more than it holds, or waiting for an autoscaler) never hold work; a wait with no actor started is
 bounded. A shard whose actor dies goes back to the queue and a replacement actor takes over; an
-interrupted run resumes from its committed shards.
+interrupted run resumes from its committed shards. The driver records the run's Ray metrics
+(factory.produce.metrics) as commit records arrive and actors are replaced.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from factory import storage
 from factory.errors import FactoryError, StorageError
 from factory.produce.gates import build_gate
 from factory.produce.manifest import build_manifest, existing_manifest, finish_run
+from factory.produce.metrics import PoolMetrics
 from factory.produce.producer_specs import ProducerSpec
 from factory.produce.samples import Dropped, EncodedSample, encode_sample
 from factory.produce.shards import RunSpec, shard_name, write_encoded_shard
@@ -168,6 +170,7 @@ def produce(
         return actor_class.options(name=name, **actor_options).remote(producer_spec, out, spec, batch_size, gates)
 
     pool = [new_actor() for _ in range(wanted)]
+    metrics = PoolMetrics(spec.run_id)
     replacements = 0
     bar = tqdm(total=spec.requested, desc=f"produce {spec.run_id}", unit="sample", disable=not progress,
                smoothing=0.1)
@@ -178,6 +181,7 @@ def produce(
 
     def committed(shard_index: int, record: dict[str, Any]) -> None:
         records[shard_index] = record
+        metrics.committed(record)
         bar.update(len(spec.slots(shard_index)))
         if on_commit:
             on_commit(shard_index, record)
@@ -187,6 +191,7 @@ def produce(
         if getattr(err, "actor_init_failed", False):  # a bad bundle or spec: replacing cannot help
             raise FactoryError(f"run {spec.run_id}: production actor failed to start: {err}") from err
         replacements += 1
+        metrics.restarted()
         if replacements > MAX_ACTOR_REPLACEMENTS:
             raise FactoryError(f"run {spec.run_id}: actors keep dying ({err})") from err
         if shard_index is None:

@@ -4,16 +4,21 @@ Shard i of a run covers sample slots [i*S, (i+1)*S) and lives at `{out}/shard-{i
 is published atomically (storage.atomic_writer); only then is its sidecar `shard-{i:06d}.commit.json`
 written, holding the count, bytes and sha256. A shard is committed when its sidecar exists, belongs to
 this run, and the tar matches it. A tar without a sidecar (a crash between the two writes) is simply
-written again: the bytes are the same.
+written again: the bytes are the same. The record also says how long the shard took and which host
+wrote it (`seconds`, `finished_at`, `node`): the tars of two runs with equal specs are byte-identical,
+their records are not.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
 import re
+import socket
 import tarfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterable
@@ -111,6 +116,7 @@ def write_encoded_shard(
 
     Every slot of the shard must be accounted for (written or dropped), or nothing is published.
     """
+    began = time.perf_counter()
     slots = spec.slots(shard_index)
     expected = iter(slots)
     histogram: Counter[str] = Counter()
@@ -151,6 +157,10 @@ def write_encoded_shard(
         "config_sha256": spec.config_sha256,
         "label_histogram": dict(sorted(histogram.items())),
         "dropped": dict(sorted(dropped.items())),
+        # Generating, gating, encoding and publishing the tar: what a producer's throughput is made of.
+        "seconds": round(time.perf_counter() - began, 3),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "node": socket.gethostname(),
     }
     sidecar_url = storage.join(out, sidecar_name(shard_index))
     storage.atomic_put(sidecar_url, dump_json(record, "shard", sidecar_url), storage_options)
