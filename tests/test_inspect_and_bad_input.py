@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import pickle
+import socket
 import subprocess
 import sys
 import tarfile
@@ -14,6 +15,7 @@ import pytest
 from factory import storage
 from factory.cli import main
 from factory.errors import BadInputError
+from factory.produce.inspect import timing_lines
 from factory.produce.samples import sample_key
 from factory.produce.shards import read_tar_members, shard_name, sidecar_name
 from factory.produce.verify import verify_run
@@ -37,8 +39,41 @@ def test_inspect_summary(run_url, capsys):
     assert main(["inspect", run_url]) == 0
     out = capsys.readouterr().out
     for text in ("test-run", "schema         1.0", "command        pytest", "5 x up to 5 samples",
-                 "23 of 23 requested", "sha256 and tar contents match", "No Finding"):
+                 "23 of 23 requested", "sha256 and tar contents match", "No Finding", "samples/s per writer",
+                 "samples/s overall", f"  {socket.gethostname()}  "):
         assert text in out
+
+
+def test_inspect_sums_shard_times_and_rates_by_node():
+    def record(index, count, seconds, finished, node):
+        return {"index": index, "count": count, "seconds": seconds, "node": node,
+                "finished_at": f"2026-01-01T00:00:{finished:06.3f}+00:00"}
+
+    shards = [record(0, 100, 2.0, 2.0, "a"), record(1, 100, 3.0, 4.0, "b"), record(2, 50, 1.0, 5.0, "a"),
+              {"index": 3, "count": 10}]  # a record written before commits carried times
+    lines = timing_lines(shards)
+    assert lines[0] == ("timing         3 of 4 shards: 6.0 s writing shards, mean 2.00 s a shard (min 1.00, max 3.00), "
+                        "41.7 samples/s per writer")
+    assert lines[1] == "wall           5.0 s from the first shard's start to the last commit, 50.0 samples/s overall"
+    assert lines[2:] == ["by node", "  node  shards   samples   seconds  samples/s per writer",
+                         "  a          2       150       3.0  50.0", "  b          1       100       3.0  33.3"]
+
+
+def test_a_run_whose_records_predate_times_and_nodes_still_verifies(tmp_path, capsys):
+    """Commit records written before `seconds`, `finished_at` and `node` existed: valid, verified, and
+    inspect says the timing was not recorded."""
+    run_url = str(tmp_path / "run")
+    write_run(samples(), run_url, spec(), progress=False)
+    manifest = json.loads(storage.read_bytes(manifest_url(run_url)))
+    for record in manifest["shards"]:
+        for key in ("seconds", "finished_at", "node"):
+            del record[key]
+        sidecar = storage.join(run_url, sidecar_name(record["index"]))
+        storage.atomic_put(sidecar, json.dumps(record).encode())
+        validate(record, "shard", sidecar)
+    storage.atomic_put(manifest_url(run_url), json.dumps(manifest).encode())
+    assert main(["inspect", run_url]) == 0
+    assert "timing         not recorded (the shards' commit records predate it)" in capsys.readouterr().out
 
 
 def test_inspect_one_sample(run_url, tmp_path, capsys):
