@@ -291,6 +291,8 @@ class TrainConfig(JobConfig):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_clip: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(100, gt=0)
+    log_every: int = Field(10, gt=0, description="report rank 0's metrics to the progress bar and the run's "
+                                                 "TensorBoard events every N steps (and at every checkpoint)")
     seed: int = Field(0, ge=0)
     max_failures: int = Field(2, ge=-1, description="worker-group restarts before the run fails (-1: no limit)")
     bundle_out: str | None = Field(None, description="export a bundle here at the end")

@@ -1,15 +1,19 @@
 """Ray Train + DeepSpeed: a two-worker EMIXER run of a few steps, checkpointed and exported as a bundle
-whose weights moved away from their initial values; a run killed with its Ray and resumed; one run under plain DDP
-(engine: ddp), and DDP engines' forward rules and checkpoints in one process."""
+whose weights moved away from their initial values, with its progress bar and TensorBoard events; a run
+killed with its Ray and resumed; one run under plain DDP (engine: ddp), and DDP engines' forward rules
+and checkpoints in one process."""
 
 import contextlib
 import io
 import json
 import math
 import os
+import re
 import signal
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +22,7 @@ import pytest
 import torch
 import yaml
 
+from factory import storage
 from factory.config import TrainConfig
 from factory.models.bundle import load_bundle
 from factory.train.engines import DDPEngine
@@ -42,24 +47,65 @@ def run_train(config_path, *overrides, timeout=300):
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, "RAY_ADDRESS": ""})
 
 
-def train_in_session(config_path, *overrides) -> str:
-    """`medsynth train` in this process, on the session's Ray instance (ray_local); its stdout. A fresh
-    Ray start is the killed-job test's subject; the others need only Ray Train's workers."""
+def train_in_session(config_path, *overrides, stderr: io.StringIO | None = None) -> str:
+    """`medsynth train` in this process, on the session's Ray instance (ray_local); its stdout (and
+    its stderr into `stderr`). A fresh Ray start is the killed-job test's subject; the others need only
+    Ray Train's workers."""
     from factory.cli import main
 
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(stderr or io.StringIO()):
         assert main(["train", str(config_path), *overrides]) == 0
     return printed.getvalue()
+
+
+def tensorboard_events(folder: Path) -> dict[str, dict[int, float | str]]:
+    """Every value in a TensorBoard folder's event files, by tag and step, read as TensorBoard reads
+    them: TFRecord frames (length, masked CRC-32C of it, data, masked CRC-32C of the data) of Event
+    protos. Scalars as floats, text as strings; a resumed writer's purge marks under "purge"."""
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+    from tensorboardX.record_writer import masked_crc32c
+
+    values: dict[str, dict[int, float | str]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            header = data[at:at + 8]
+            (length,), (header_crc,) = struct.unpack("<Q", header), struct.unpack("<I", data[at + 8:at + 12])
+            body = data[at + 12:at + 12 + length]
+            (body_crc,) = struct.unpack("<I", data[at + 12 + length:at + 16 + length])
+            assert header_crc == masked_crc32c(header) and body_crc == masked_crc32c(body), path
+            at += 16 + length
+            event = Event.FromString(body)
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                values.setdefault("purge", {})[event.step] = path.name
+            for value in event.summary.value:
+                text = value.tensor.string_val[0].decode() if value.tensor.string_val else None
+                values.setdefault(value.tag, {})[event.step] = value.simple_value if text is None else text
+    return values
 
 
 def test_two_workers_train_checkpoint_snapshot_and_export(ray_local, tmp_path):
     """One run: checkpoints, a snapshot bundle, the exported bundle. Resuming is the killed job's test."""
     config_path = tmp_path / "train.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path)))
-    printed = train_in_session(config_path, "--set", "snapshot_every=3")
+    bar = io.StringIO()
+    printed = train_in_session(config_path, "--set", "snapshot_every=3", "--set", "log_every=3", stderr=bar)
     head = "run tiny: step 4 of 4 (resumed from step 0)"
     assert head in printed
+    # The driver's bar: steps, steps/s, the recipe's main losses (EmixerRecipe.progress_metrics).
+    drawn = bar.getvalue().replace("\r", "\n").splitlines()
+    last = [line for line in drawn if line.startswith("tiny: 100%")][-1]
+    assert re.search(r"\| 4/4 \[[0-9:]+<00:00, +[0-9.]+s?(?:step/s|s/step), d_image=[-0-9.e]+, g_image=[-0-9.e]+, "
+                     r"f_word_nll=[-0-9.e]+\]$", last), last
+    assert "tiny: checkpoint at step 2: " in bar.getvalue()
+    # TensorBoard events, from Ray Train's reports of rank 0: every 3 steps and at each checkpoint.
+    events = tensorboard_events(tmp_path / "runs" / "tiny" / "tensorboard")
+    assert sorted(events["train/g_image"]) == [2, 3, 4] and sorted(events["lr/G"]) == [2, 3, 4]
+    assert all(math.isfinite(v) for v in events["train/d_image"].values())
+    assert sorted(events["time/steps_per_second"]) == [2, 3, 4]
+    assert events["checkpoint/saved"] == {2: 1.0, 4: 1.0}
+    assert all("/tiny/checkpoint_" in path for path in events["checkpoint/text_summary"].values())
     snapshots = tmp_path / "runs" / "tiny" / "snapshots"
     assert sorted(p.name for p in snapshots.iterdir()) == ["step-000003"]
     assert load_bundle(str(snapshots / "step-000003")).metadata["metrics"]["steps"] == 3
@@ -211,3 +257,42 @@ def test_a_run_resumes_only_under_the_engine_that_checkpointed_it(tmp_path):
         check_resumable(state, TrainConfig.model_validate(tiny_config(tmp_path, engine="deepspeed")))
     with pytest.raises(Exception, match="zero_stage 2 is DeepSpeed's"):
         TrainConfig.model_validate(tiny_config(tmp_path, engine="ddp", zero_stage=2))
+
+
+def test_training_monitor_writes_events_where_the_run_is_stored(storage_root):
+    """Ray Train's controller side, in process: reports become TensorBoard events in the run's folder
+    (a local folder, or uploaded to S3), a restart from a checkpoint opens a new file that hides the
+    redone steps, and evaluation points join the same folder."""
+    from factory.train.progress import TrainingMonitor, events_url, record_evaluation
+
+    class Checkpoint:
+        path = "runs/tiny/checkpoint_x"
+
+    url = events_url(storage_root, "tiny")
+    monitor = TrainingMonitor(url, steps=6)
+    monitor.after_report(None, [{"step": 0, "resumed_from": 0}, {"step": 0, "resumed_from": 0}], None)
+    for step in (2, 3):
+        monitor.after_report(None, [{"step": step, "resumed_from": 0, "g_image": step / 10, "lr_G": 1e-4},
+                                    {"step": step, "g_image": 9.0}], Checkpoint() if step == 2 else None)
+    # Workers restarted from the checkpoint at step 2 (FailureConfig) and go on to the end.
+    for step in (2, 4, 6):
+        monitor.after_report(None, [{"step": step, "resumed_from": 2, "g_image": 1 + step / 10}], None)
+    record_evaluation(storage_root, "tiny", 6, {"fid": 12.5})
+
+    local = Path(storage_root) if "://" not in storage_root else None
+    if local is None:  # S3: read back what was uploaded
+        local = Path(tempfile.mkdtemp())
+        for name in storage.list_names(url):
+            (local / name).write_bytes(storage.read_bytes(storage.join(url, name)))
+    else:
+        local = local / "tiny" / "tensorboard"
+    events = tensorboard_events(local)
+    # Rank 0's values only. Both files are kept; the second one's purge mark at step 3 tells TensorBoard
+    # to hide the first one's step 3, redone after the restart. (This reader keeps the last file's
+    # value of a step, here the second file's step 2.)
+    assert events["train/g_image"] == {2: pytest.approx(1.2), 3: pytest.approx(0.3), 4: pytest.approx(1.4),
+                                       6: pytest.approx(1.6)}
+    assert events["lr/G"] == {2: pytest.approx(1e-4), 3: pytest.approx(1e-4)}
+    assert events["checkpoint/saved"] == {2: 1.0} and events["checkpoint/text_summary"] == {2: "runs/tiny/checkpoint_x"}
+    assert sorted(events["purge"]) == [1, 3]
+    assert events["eval/fid"] == {6: 12.5}

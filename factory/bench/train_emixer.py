@@ -344,7 +344,8 @@ def run_segment(config) -> dict[str, Any]:
     if not stats:
         raise RuntimeError("the runner returned no stats (rank 0 gave none)")
     losses = {k: float(v) for k, v in (result.metrics or {}).items()
-              if isinstance(v, (int, float)) and not k.startswith("lr_") and k not in ("step", "resumed_from")}
+              if isinstance(v, (int, float)) and not k.startswith("lr_")
+              and k not in ("step", "resumed_from", "steps_per_second")}
     return {**stats, "losses": losses}
 
 
@@ -379,6 +380,7 @@ def learning(args) -> dict[str, Any]:
 
     from factory.models.bundle import load_bundle
     from factory.train.data import prepare_data
+    from factory.train.progress import record_evaluation
     from factory.train.recipes import get_recipe
 
     work = args.work or tempfile.mkdtemp(prefix="medsynth-bench-train-")
@@ -443,6 +445,7 @@ def learning(args) -> dict[str, Any]:
                 untrained = evaluator(initial_networks(bundle.model_config, args.seed), bundle.model_config,
                                       bundle.vocabulary)
                 points.append(_point(0, 0.0, time.perf_counter() - started, untrained, {}))
+                record_evaluation(storage, RUN_NAME, 0, evaluation_scalars(points[-1]))
             scores = evaluator(bundle.nets, bundle.model_config, bundle.vocabulary)
             # Training CPU at a snapshot: the segment's start-up, then its steps at their mean cost.
             at_cpu = train_cpu - segment_cpu + (segment_cpu - step_cpu) + step_cpu * (at - segment_start) / steps
@@ -451,6 +454,7 @@ def learning(args) -> dict[str, Any]:
                                                                if k != "steps" and not k.startswith("lr_")})
             point.update(segment=segment_info, bundle=url)
             points.append(point)
+            record_evaluation(storage, RUN_NAME, at, evaluation_scalars(point))
             bar.write(_point_line(point))
         eval_cpu += meter.seconds() - cpu
     bar.close()
@@ -495,6 +499,13 @@ def learning(args) -> dict[str, Any]:
         "wall_minutes": (time.perf_counter() - started) / 60,
         "_images": final_point["images"],
     }
+
+
+def evaluation_scalars(point: dict[str, Any]) -> dict[str, float]:
+    """An evaluation point's scores, for the run's TensorBoard events (eval/...)."""
+    lab = point["labeler"]
+    return {"macro_auc": point["macro_auc"], "fid": point["fid"], "bleu_1": point["bleu_1"],
+            "labeler_agreement": lab["agreement"], "labeler_f1": lab["f1"], "labeler_macro_f1": lab["macro_f1"]}
 
 
 def segment_bundles(snapshots: str, after: int, end: int, end_bundle: str) -> list[tuple[int, str]]:

@@ -10,7 +10,9 @@ schedule, samples a batch of each part from its share and runs the recipe's step
 `checkpoint_every` steps all engines save through `ray.train.Checkpoint` into the run's storage,
 with the recipe's own per-worker state (e.g. an image pool); a run started again under the same name
 resumes from the newest checkpoint and continues its step count, and failed workers are restarted
-(FailureConfig). At the end rank 0 writes a bundle, and returns (Result.return_value) how the run
+(FailureConfig). Every `log_every` steps, at each checkpoint and once before the first step the
+workers report rank 0's metrics through Ray Train; the controller writes them to the run's TensorBoard
+events and the driver draws them as a progress bar (factory.train.progress). At the end rank 0 writes a bundle, and returns (Result.return_value) how the run
 went: the seconds each step took on rank 0 and every worker's peak memory (`run_stats`), which the
 training benchmarks read. The runner knows no model by name: everything model-specific comes from
 the recipe (factory.train.recipes.Recipe).
@@ -51,11 +53,15 @@ def _ray_storage(config: TrainConfig) -> tuple[str, Any]:
 
 
 def train(config: TrainConfig, progress: bool = True):
-    """Run (or resume) training; returns Ray Train's Result."""
+    """Run (or resume) training; returns Ray Train's Result. `progress`: a bar on stderr while it runs
+    (the run's TensorBoard events are written either way)."""
+    import contextlib
+
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from factory.errors import BadInputError
+    from factory.train.progress import ProgressBar, TrainingMonitor, events_url
     from factory.train.recipes import get_recipe
 
     config = config.model_copy(update={
@@ -70,8 +76,12 @@ def train(config: TrainConfig, progress: bool = True):
     if config.bundle_out:
         storage.check_writable(config.bundle_out)
     prepared = prepare_data(config, recipe, progress)
-    connect_ray()
+    ray = connect_ray()
     storage_path, filesystem = _ray_storage(config)
+    bar = (ProgressBar(ray, config.name, config.steps, getattr(recipe, "progress_metrics", None)) if progress
+           else contextlib.nullcontext())
+    monitor = TrainingMonitor(events_url(config.storage_path, config.name), config.steps,
+                              bar.inbox if progress else None)
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"config": config.model_dump(mode="json"), "data": prepared},
@@ -83,9 +93,11 @@ def train(config: TrainConfig, progress: bool = True):
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": ray_worker_env()},
+            callbacks=[monitor],
         ),
     )
-    return trainer.fit()
+    with bar:
+        return trainer.fit()
 
 
 # --- worker side ---------------------------------------------------------------------------------
@@ -134,6 +146,7 @@ def _worker_loop(loop_config: dict) -> dict[str, Any] | None:
     import torch
 
     from factory.train.engines import apply_learning_rates
+    from factory.train.progress import RESUMED_FROM, STEP, STEPS_PER_SECOND
     from factory.train.recipes import get_recipe
 
     entered = time.perf_counter()
@@ -175,6 +188,9 @@ def _worker_loop(loop_config: dict) -> dict[str, Any] | None:
     step_seconds: list[float] = []  # each step's wall time, checkpointing left out
     step_cpu_s = 0.0  # this process's CPU time in those steps (all its threads)
     setup_s = time.perf_counter() - entered
+    # Every rank reports the same number of times (a report is a barrier); only rank 0's metrics count.
+    ray.train.report({STEP: start, RESUMED_FROM: start})
+    window_began, window_start = time.perf_counter(), start  # steps/s since the previous report
     for step in range(start, config.steps):
         began, began_cpu = time.perf_counter(), time.process_time()
         rng = np.random.default_rng([config.seed, rank, step])
@@ -187,6 +203,8 @@ def _worker_loop(loop_config: dict) -> dict[str, Any] | None:
         step_seconds.append(time.perf_counter() - began)
         step_cpu_s += time.process_time() - began_cpu
         done = step + 1
+        reported = {STEP: done, RESUMED_FROM: start, **metrics,
+                    STEPS_PER_SECOND: (done - window_start) / (time.perf_counter() - window_began)}
         if done % config.checkpoint_every == 0 or done == config.steps:
             with tempfile.TemporaryDirectory() as directory:
                 for name, engine in engines.items():
@@ -196,8 +214,11 @@ def _worker_loop(loop_config: dict) -> dict[str, Any] | None:
                     with open(os.path.join(directory, STATE_NAME), "w") as f:
                         json.dump({"step": done, "config": config.model_dump(mode="json"),
                                    "model_config": model_config}, f)
-                ray.train.report({"step": done, "resumed_from": start, **metrics},
-                                 checkpoint=ray.train.Checkpoint.from_directory(directory))
+                ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(directory))
+            window_began, window_start = time.perf_counter(), done
+        elif done % config.log_every == 0:
+            ray.train.report(reported)
+            window_began, window_start = time.perf_counter(), done
         if rank == 0 and config.snapshot_every and done % config.snapshot_every == 0:
             export(snapshot_url(config, done), config, recipe, {n: e.module for n, e in engines.items()},
                    model_config, data, {"steps": done, **metrics})

@@ -26,7 +26,9 @@ class Recipe(Protocol):
     `optimizer_config`; then per step `learning_rates` (set on the engines before the step), `batch`
     (from each part's sampled indices) and `train_step`. `state_dict`/`load_state_dict`: the recipe's
     own per-worker state (tensors), saved with every checkpoint. `export_metadata`: what a bundle
-    stores beside the weights and the model config."""
+    stores beside the weights and the model config. Optional: `progress_metrics`, the names (or name
+    suffixes, e.g. `cycle` for `mri_cycle`) of the metrics the training progress bar shows; without it
+    the bar shows the first four (factory.train.progress)."""
 
     name: str
 

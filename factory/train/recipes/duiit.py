@@ -129,6 +129,7 @@ def masked_mse(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 class DUIITRecipe:
     name = "duiit"
+    progress_metrics = ("g_adv", "cycle", "p_loss")  # each source's and the predictor's, on the progress bar
 
     def __init__(self) -> None:
         self.config: dict[str, Any] | None = None

@@ -110,6 +110,7 @@ def encoder_label_loss(logits: torch.Tensor, labels: torch.Tensor, labelled: tor
 class EmixerRecipe:
     name = "emixer"
     net_names: tuple[str, ...] = emixer.NET_NAMES
+    progress_metrics = ("d_image", "g_image", "f_word_nll")  # what the training progress bar shows
 
     def __init__(self) -> None:
         self.config: dict[str, Any] | None = None
