@@ -46,7 +46,9 @@ def load_docs() -> list[tuple[Path, dict]]:
 
 
 DOCS = load_docs()
-OBJECTS = [(p, d) for p, d in DOCS if d.get("kind") != "Kustomization"]
+KUSTOMIZE_KINDS = {"Kustomization", "Component"}
+OBJECTS = [(p, d) for p, d in DOCS if d.get("kind") not in KUSTOMIZE_KINDS]
+MONITORING_KINDS = {"PodMonitor"}  # the Prometheus operator's (monitoring.coreos.com/v1)
 
 
 def doc_id(item: tuple[Path, dict]) -> str:
@@ -377,7 +379,7 @@ def core_objects() -> list[tuple[Path, dict]]:
 
 
 def test_every_object_is_a_known_kind():
-    unknown = {d["kind"] for _, d in OBJECTS} - CORE_KINDS - set(CRD_FILES)
+    unknown = {d["kind"] for _, d in OBJECTS} - CORE_KINDS - set(CRD_FILES) - MONITORING_KINDS
     assert not unknown
 
 
@@ -523,3 +525,59 @@ def test_kubectl_kustomize_builds_the_base():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert len(built) == len(kustomization["resources"])
     assert all(d["metadata"].get("namespace") == NAMESPACE for d in built if d["kind"] != "Namespace")
+
+
+# --- Monitoring (optional component) -------------------------------------------------------------
+
+# The PodMonitor fields of the Prometheus operator's monitoring.coreos.com/v1 API that a scrape of the
+# Ray pods uses; anything else is a typo here.
+PODMONITOR_SPEC = {"jobLabel", "namespaceSelector", "selector", "podMetricsEndpoints", "podTargetLabels"}
+PODMONITOR_ENDPOINT = {"port", "path", "interval", "scrapeTimeout", "scheme", "relabelings", "metricRelabelings",
+                       "honorLabels"}
+
+
+def test_podmonitor_scrapes_the_metrics_port_of_every_ray_pod_in_the_namespace():
+    (path, monitor), = [(p, d) for p, d in OBJECTS if d["kind"] == "PodMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1", path
+    spec = monitor["spec"]
+    assert set(spec) <= PODMONITOR_SPEC, path
+    # KubeRay labels every Ray pod (RayCluster or RayJob, head or worker) so.
+    assert spec["selector"] == {"matchLabels": {"ray.io/is-ray-node": "yes"}}, path
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}, path
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert set(endpoint) <= PODMONITOR_ENDPOINT, path
+    # The container port KubeRay adds for `ray start --metrics-export-port=8080`; a Ray container of
+    # ours that named another port 8080, or this name another port, would break the scrape.
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics", path
+    for other, doc in ray_objects():
+        for pod in pod_specs(doc):
+            for container in pod["containers"]:
+                for port in container.get("ports", []):
+                    assert (port["containerPort"] == 8080) == (port.get("name") == "metrics"), f"{other}: {port}"
+
+
+def test_monitoring_is_an_optional_component_of_the_kustomization():
+    component = yaml.safe_load((K8S / "monitoring" / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component" and component["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    assert component["resources"] == ["podmonitor.yaml"]
+    base = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert "components" not in base  # off by default: the PodMonitor kind needs the operator's CRDs
+    # ... and turned on by the commented lines the kustomization carries.
+    assert "# components:\n#   - monitoring\n" in (K8S / "kustomization.yaml").read_text()
+
+
+def test_kubectl_kustomize_builds_the_base_with_monitoring(tmp_path):
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; the Python checks above still ran")
+    copy_of = tmp_path / "k8s"
+    shutil.copytree(K8S, copy_of)
+    text = (copy_of / "kustomization.yaml").read_text()
+    (copy_of / "kustomization.yaml").write_text(text.replace("# components:\n#   - monitoring\n",
+                                                             "components:\n  - monitoring\n"))
+    out = subprocess.run([kubectl, "kustomize", str(copy_of)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    built = [d for d in yaml.safe_load_all(out.stdout) if d]
+    (monitor,) = [d for d in built if d["kind"] == "PodMonitor"]
+    assert monitor["metadata"]["namespace"] == NAMESPACE
+    assert len(built) == len(yaml.safe_load(text)["resources"]) + 1
