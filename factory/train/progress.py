@@ -202,17 +202,25 @@ class ProgressBar:
         self.thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.stopped.set()
         self.thread.join()
-        self._draw(self.ray.get(self.inbox.take.remote()))  # what arrived after the last poll
-        if self.bar is not None:
-            self.bar.close()
-        self.ray.kill(self.inbox)
+        try:
+            self._draw(self.ray.get(self.inbox.take.remote()))  # what arrived after the last poll
+            self.ray.kill(self.inbox)
+        except self.ray.exceptions.RayError:
+            if exc_type is None:  # Ray going down with a failed run: that failure is the one to see
+                raise
+        finally:
+            if self.bar is not None:
+                self.bar.close()
 
     def _run(self) -> None:
-        while not self.stopped.wait(self.POLL_S):
-            self._draw(self.ray.get(self.inbox.take.remote()))
+        try:
+            while not self.stopped.wait(self.POLL_S):
+                self._draw(self.ray.get(self.inbox.take.remote()))
+        except self.ray.exceptions.RayError:
+            return  # the bar is a view of the run: if Ray cannot reach the inbox, fit() reports why
 
     def _draw(self, reports: list[dict[str, Any]]) -> None:
         from tqdm import tqdm
