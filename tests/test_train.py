@@ -85,8 +85,12 @@ def tensorboard_events(folder: Path) -> dict[str, dict[int, float | str]]:
     return values
 
 
-def test_two_workers_train_checkpoint_snapshot_and_export(ray_local, tmp_path):
-    """One run: checkpoints, a snapshot bundle, the exported bundle. Resuming is the killed job's test."""
+def test_two_workers_train_checkpoint_snapshot_and_export(ray_local, tmp_path, monkeypatch):
+    """One run: checkpoints, a snapshot bundle, the exported bundle, the progress bar and the TensorBoard
+    events. Resuming is the killed job's test."""
+    # Ray Train's controller takes a report every health check (2 s by default), and a report waits for
+    # the one before it: with these sub-second steps, poll faster (the driver passes this on).
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     config_path = tmp_path / "train.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path)))
     bar = io.StringIO()
@@ -126,11 +130,12 @@ def test_two_workers_train_checkpoint_snapshot_and_export(ray_local, tmp_path):
         assert any(moved), f"{name} did not train"
 
 
-def test_killed_job_resumes_from_newest_checkpoint(ray_local, tmp_path):
+def test_killed_job_resumes_from_newest_checkpoint(ray_local, tmp_path, monkeypatch):
     """The job runs with a Ray of its own and is killed with it; the same config run again (here on the
     session's Ray, as a restarted job meets a running cluster) resumes from the newest checkpoint."""
     config_path = tmp_path / "train.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path, steps=80, checkpoint_every=2)))
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")  # as in the test above
     job = subprocess.Popen([sys.executable, "-m", "factory", "train", str(config_path)], start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
     run_dir = tmp_path / "runs" / "tiny"
@@ -185,11 +190,12 @@ def test_config_errors_name_the_file_and_field(tmp_path):
         TrainConfig.model_validate(tiny_config(tmp_path, precision="bf16"))
 
 
-def test_two_workers_under_ddp_train_checkpoint_and_export(ray_local, tmp_path):
+def test_two_workers_under_ddp_train_checkpoint_and_export(ray_local, tmp_path, monkeypatch):
     """One Ray run under plain DDP: the runner's resume is the DeepSpeed tests' subject, and DDP engines'
     checkpoints round-trip in the in-process test below; a second Ray run here took about 40 s more."""
     config_path = tmp_path / "train.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path, engine="ddp", zero_stage=0, steps=2)))
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")  # as in the first test
     first = train_in_session(config_path)
     head = "run tiny: step 2 of 2 (resumed from step 0)"
     assert head in first
