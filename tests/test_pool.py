@@ -61,7 +61,7 @@ def scraped(ray, run_id: str, wanted: dict[tuple[str, str | None], float], timeo
                 series[(match[1], labels.get("gate"))] = float(match[3])
         if all(series.get(key) == value for key, value in wanted.items()) or time.monotonic() > deadline:
             return series
-        time.sleep(1)
+        time.sleep(0.25)
 
 
 def test_one_or_two_actors_write_byte_identical_shards(ray_local, tmp_path):
