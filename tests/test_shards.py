@@ -17,6 +17,7 @@ from factory.run_manifest import read_manifest
 from factory.produce.shards import shard_name, sidecar_name
 from factory.produce.verify import verify_run
 from factory.produce.writer import write_run
+from factory.produce.card import CARD_NAME
 from shard_helpers import samples, spec
 
 
@@ -27,7 +28,7 @@ def test_run_layout_and_manifest(storage_root):
     assert manifest["count"] == 23 and manifest["requested"] == 23
     assert sum(manifest["label_histogram"].values()) == 23
     names = storage.list_names(storage_root)
-    assert names == sorted(["manifest.json"] + [shard_name(i) for i in range(5)] + [sidecar_name(i) for i in range(5)])
+    assert names == sorted(["manifest.json", CARD_NAME] + [shard_name(i) for i in range(5)] + [sidecar_name(i) for i in range(5)])
     assert read_manifest(storage_root) == manifest
     verify_run(storage_root, manifest)
     sidecar = json.loads(storage.read_bytes(storage.join(storage_root, sidecar_name(4))))
