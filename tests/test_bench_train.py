@@ -2,6 +2,7 @@
 planner, the segment's bundles, macro F1 through the labeler, the reader's ceiling, and the
 learning-curve PNG."""
 
+import os
 import subprocess
 import sys
 
@@ -71,3 +72,14 @@ def test_reading_scores_threshold_and_exact_match():
     labels = np.array([[1, 0, np.nan], [0, 1, 0]], np.float32)
     probabilities = np.array([[0.9, 0.2, 0.1], [0.6, 0.7, 0.1]], np.float32)
     assert reading_scores(probabilities, labels) == {"agreement": 0.5, "accuracy": 5 / 6}
+
+
+def test_xraygan_evaluation_points_reach_the_runs_timeline_as_their_numeric_scores(tmp_path):
+    from factory.bench.train_xraygan import evaluation_scalars
+    from factory.train.progress import events_url, record_evaluation
+
+    point = {"step": 40, "train_cpu_minutes": 3.5, "fid": 12.5, "kept": 0.75, "macro_auc": 0.81,
+             "auc": {"Edema": 0.9}, "losses": {"d_real": 0.4}, "over_budget": False, "_keep": np.ones(2, bool)}
+    assert evaluation_scalars(point) == {"fid": 12.5, "kept": 0.75, "macro_auc": 0.81}
+    record_evaluation(str(tmp_path), "xraygan-cgan-bench", 40, evaluation_scalars(point))
+    assert any(name.endswith(".eval") for name in os.listdir(events_url(str(tmp_path), "xraygan-cgan-bench")))

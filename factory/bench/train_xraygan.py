@@ -148,10 +148,17 @@ def train_config(args, model: str, storage: str, steps: int, **changes):
     return TrainConfig.model_validate(settings)
 
 
+def evaluation_scalars(point: dict[str, Any]) -> dict[str, float]:
+    """An evaluation point's scores, for the run's TensorBoard events (eval/...), beside its training scalars."""
+    return {key: float(value) for key, value in point.items()
+            if key not in ("step", "train_cpu_minutes") and isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
 def learn(model: str, args, work: str, evaluator: Evaluator, meter: CpuMeter) -> dict[str, Any]:
     """One model's segments and evaluation points; the last point inside the budget is its final one."""
     from factory.models.bundle import load_bundle
     from factory.train.data import prepare_data
+    from factory.train.progress import record_evaluation
     from factory.train.recipes import get_recipe
 
     storage = os.path.join(work, "runs")
@@ -182,11 +189,13 @@ def learn(model: str, args, work: str, evaluator: Evaluator, meter: CpuMeter) ->
             if not points:  # step 0: the networks as training started (built from the seed alone)
                 initial = get_recipe(model).build(bundle.model_config, seed=args.seed)
                 points.append({"step": 0, "train_cpu_minutes": 0.0, **evaluator(model, initial, bundle.model_config)})
+                record_evaluation(storage, config.name, 0, evaluation_scalars(points[-1]))
             at_cpu = train_cpu + (segment_cpu - step_cpu) + step_cpu * (at - segment_start) / steps
             point = {"step": at, "train_cpu_minutes": at_cpu / 60, **evaluator(model, bundle.nets, bundle.model_config),
                      "losses": {k: float(v) for k, v in bundle.metadata["metrics"].items()
                                 if k != "steps" and not k.startswith("lr_")}}
             points.append(point)
+            record_evaluation(storage, config.name, at, evaluation_scalars(point))
             print(_point_line(model, point), flush=True)
             last = bundle
         train_cpu += segment_cpu
