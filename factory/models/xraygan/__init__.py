@@ -5,5 +5,6 @@ Pathology Classification"): two generators of labelled chest X-ray images withou
 - `ucgan`: the unconditional DCGAN guided by a shared classifier through three scores, whose images
   are pseudo-labelled by that classifier (§4.2; model `xraygan-ucgan`).
 - `networks`: the DCGAN layers both use, the classifier C and the style-transfer network.
+- `config`: the config checks both share.
 - `scores`: the paper's scores (eq. 7-10) as pure functions of the classifier's outputs.
 """

@@ -19,8 +19,8 @@ from torch import nn
 
 from factory.data.labels import CXR_LABELS
 from factory.models.spec import GeneratorSpec, ImageSampling, UntrainedShape
-from factory.models.xraygan.networks import (DCGANGenerator, DCGANTrunk, check_image_size, check_positive_ints,
-                                             first_parameter, to_uint8)
+from factory.models.xraygan.config import checked_config, z_dim
+from factory.models.xraygan.networks import DCGANGenerator, DCGANTrunk, sample_images
 
 NET_NAMES = ("G", "D")
 
@@ -44,20 +44,8 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
     """The full model config: defaults updated by `overrides` and keyword arguments, checked.
 
     Raises ValueError on an unknown key or an impossible value."""
-    config = {**DEFAULT_CONFIG, **dict(overrides or {}), **kwargs}
-    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
-    if unknown:
-        raise ValueError(f"unknown xraygan-cgan config keys: {unknown}")
-    check_image_size(config["image_size"])
-    check_positive_ints(config, ("channels", "num_labels", "z_dim", "label_embedding", "g_width", "d_width"))
-    if set(config["lr"]) != set(NET_NAMES):
-        raise ValueError(f"lr must give a learning rate for each of {list(NET_NAMES)}")
-    config["betas"] = list(config["betas"])
-    return config
-
-
-def z_dim(config: Mapping[str, Any]) -> int:
-    return config["z_dim"]
+    return checked_config("xraygan-cgan", DEFAULT_CONFIG, overrides, kwargs,
+                          ("channels", "num_labels", "z_dim", "label_embedding", "g_width", "d_width"), NET_NAMES)
 
 
 class Generator(nn.Module):
@@ -98,12 +86,7 @@ def generate(nets: Mapping[str, nn.Module], labels: torch.Tensor | None, z: torc
     running statistics), so a sample depends on its own labels and noise alone."""
     if labels is None:
         raise ValueError("xraygan-cgan generates images for given labels")
-    G = nets["G"]
-    G.eval()
-    first = first_parameter(G)
-    with torch.inference_mode():
-        images = G(z.to(device=first.device, dtype=first.dtype), labels.to(device=first.device, dtype=first.dtype))
-    return to_uint8(images)
+    return sample_images(nets["G"], z, labels)
 
 
 def untrained_shape(size: int, seed: int, width: int | None = None) -> UntrainedShape:

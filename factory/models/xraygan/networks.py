@@ -13,25 +13,12 @@ network is the paper's at half its 128 px.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 MAX_MULTIPLIER = 8
-
-
-def check_image_size(size: Any) -> None:
-    if not isinstance(size, int) or isinstance(size, bool) or size < 16 or size & (size - 1):
-        raise ValueError(f"image_size must be a power of two >= 16, not {size!r}")
-
-
-def check_positive_ints(config: Mapping[str, Any], keys: tuple[str, ...]) -> None:
-    for key in keys:
-        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
-            raise ValueError(f"{key} must be a positive integer, not {config[key]!r}")
 
 
 def halvings(image_size: int) -> int:
@@ -158,3 +145,13 @@ def from_uint8(images: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 def first_parameter(net: nn.Module) -> torch.Tensor:
     return next(net.parameters())
+
+
+def sample_images(G: nn.Module, *inputs: torch.Tensor) -> np.ndarray:
+    """G's images (B, H, W) uint8 for its inputs, moved to G's device and dtype; eval mode (batch norm
+    on its running statistics), so a sample depends on its own inputs alone."""
+    G.eval()
+    first = first_parameter(G)
+    with torch.inference_mode():
+        images = G(*(x.to(device=first.device, dtype=first.dtype) for x in inputs))
+    return to_uint8(images)

@@ -26,8 +26,9 @@ from torch import nn
 
 from factory.data.labels import CXR_LABELS
 from factory.models.spec import GeneratorSpec, ImageSampling, UntrainedShape
-from factory.models.xraygan.networks import (Classifier, DCGANGenerator, DCGANTrunk, StyleTransfer, check_image_size,
-                                             check_positive_ints, first_parameter, from_uint8, halvings, to_uint8)
+from factory.models.xraygan.config import checked_config, z_dim
+from factory.models.xraygan.networks import (Classifier, DCGANGenerator, DCGANTrunk, StyleTransfer, first_parameter,
+                                             from_uint8, halvings, sample_images)
 from factory.models.xraygan.scores import pseudo_labels
 
 NET_NAMES = ("G", "D", "C", "T")
@@ -70,13 +71,13 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
     """The full model config: defaults updated by `overrides` and keyword arguments, checked.
 
     Raises ValueError on an unknown key or an impossible value."""
-    config = {**DEFAULT_CONFIG, **dict(overrides or {}), **kwargs}
-    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
-    if unknown:
-        raise ValueError(f"unknown xraygan-ucgan config keys: {unknown}")
-    check_image_size(config["image_size"])
-    check_positive_ints(config, ("channels", "num_labels", "z_dim", "g_width", "d_width", "c_width", "t_width",
-                                 "t_blocks"))
+    return checked_config("xraygan-ucgan", DEFAULT_CONFIG, overrides, kwargs,
+                          ("channels", "num_labels", "z_dim", "g_width", "d_width", "c_width", "t_width", "t_blocks"),
+                          NET_NAMES, _check_ucgan)
+
+
+def _check_ucgan(config: Mapping[str, Any]) -> None:
+    """UCGAN's own settings: the classifier, the loss weights and the content layer."""
     if config["num_labels"] < 2:
         raise ValueError("num_labels must be at least 2: the classifier picks the most likely of them")
     for key in (*LOSS_WEIGHTS, "mmd_bandwidth", "weight_decay"):
@@ -89,14 +90,6 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
     stages = halvings(config["image_size"]) + 1  # C's stages, at S, S/2, ..., 4 pixels
     if not isinstance(config["content_layer"], int) or not 0 <= config["content_layer"] < stages:
         raise ValueError(f"content_layer must be one of C's stages 0..{stages - 1}, not {config['content_layer']!r}")
-    if set(config["lr"]) != set(NET_NAMES):
-        raise ValueError(f"lr must give a learning rate for each of {list(NET_NAMES)}")
-    config["betas"] = list(config["betas"])
-    return config
-
-
-def z_dim(config: Mapping[str, Any]) -> int:
-    return config["z_dim"]
 
 
 class Generator(nn.Module):
@@ -152,12 +145,7 @@ def generate(nets: Mapping[str, nn.Module], labels: torch.Tensor | None, z: torc
     its labels come from `pseudo_label`). Eval mode, so a sample depends on its noise alone."""
     if labels is not None:
         raise ValueError("xraygan-ucgan is unconditional: its images are labelled by pseudo_label")
-    G = nets["G"]
-    G.eval()
-    first = first_parameter(G)
-    with torch.inference_mode():
-        images = G(z.to(device=first.device, dtype=first.dtype))
-    return to_uint8(images)
+    return sample_images(nets["G"], z)
 
 
 def pseudo_label(nets: Mapping[str, nn.Module], images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
