@@ -64,6 +64,7 @@ from factory.data.text.vocab import Vocabulary
 from factory.models import emixer
 from factory.models.registry import build_networks
 from factory.train.engines import Engine, frozen
+from factory.train.recipes.common import ConstantAdamRecipe, label_prior
 
 if TYPE_CHECKING:
     from factory.models.bundle import Bundle
@@ -107,7 +108,7 @@ def encoder_label_loss(logits: torch.Tensor, labels: torch.Tensor, labelled: tor
     return torch.where(labelled, per_sample, torch.zeros_like(per_sample)).sum() / labelled.sum().clamp(min=1)
 
 
-class EmixerRecipe:
+class EmixerRecipe(ConstantAdamRecipe):
     name = "emixer"
     net_names: tuple[str, ...] = emixer.NET_NAMES
     progress_metrics = ("d_image", "g_image", "f_word_nll")  # what the training progress bar shows
@@ -176,30 +177,13 @@ class EmixerRecipe:
         return make_batch(part.images[index] * 2 - 1, present, [part.reports[i] for i in index], index,
                           self._vocabulary(data), self._config())
 
-    def optimizer_config(self, name: str) -> dict[str, Any]:
-        """Adam settings: 5e-5 for G and F, 2e-4 for the discriminators unless the config says otherwise."""
-        config = self._config()
-        return {"lr": float(config["lr"][name]), "betas": tuple(float(b) for b in config["betas"])}
-
-    def learning_rates(self, step: int, total_steps: int) -> dict[str, float]:
-        """Constant: the paper gives no schedule."""
-        return {name: float(lr) for name, lr in self._config()["lr"].items()}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """EMIXER keeps no state between steps."""
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        return None
+    # optimizer_config, learning_rates, state_dict: ConstantAdamRecipe's (Adam at the config's `lr`,
+    # 5e-5 for G and F and 2e-4 for the discriminators by default; no state between steps).
 
     def export_metadata(self, data: TrainingData) -> dict[str, Any]:
         """Label names, the vocabulary and the training labels' prior (combinations and their shares)."""
         part = data.parts[STUDIES]
-        positives = np.nan_to_num(part.labels.numpy(), nan=0.0) == 1
-        combos, counts = np.unique(positives, axis=0, return_counts=True)
-        prior = [{"labels": [n for n, on in zip(part.label_names, combo) if on] or ["No Finding"],
-                  "share": float(c / counts.sum())} for combo, c in zip(combos, counts)]
-        training_data: dict[str, Any] = {"label_prior": prior}
+        training_data: dict[str, Any] = {"label_prior": label_prior(part)}
         if self.started_from is not None:
             training_data["f_encoder_started_from"] = self.started_from
         return {"label_names": list(part.label_names), "vocabulary": data.info["vocabulary"],
@@ -245,11 +229,6 @@ class EmixerRecipe:
         metrics.update(self._generator_step(engines, images, labels, labelled, reports, fake, fake_in, words,
                                             read_labels, fakes, generator))
         return {key: float(value) for key, value in metrics.items()}
-
-    def _config(self) -> dict[str, Any]:
-        if self.config is None:
-            raise RuntimeError("call build(model_config) first")
-        return self.config
 
     def _fakes(self, engines: Mapping[str, Engine], labels: torch.Tensor, labelled: torch.Tensor, n: int,
                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -52,20 +52,13 @@ from factory.models.xraygan import cgan, ucgan
 from factory.models.xraygan.scores import (inception_score_loss, mmd, pseudo_labels, style_loss,
                                            style_transfer_loss)
 from factory.train.engines import Engine, frozen
+from factory.train.recipes.common import ConstantAdamRecipe, label_prior
 
 if TYPE_CHECKING:
     from factory.config import TrainDataConfig
-    from factory.train.data import DataPart, TrainingData
+    from factory.train.data import TrainingData
 
 STUDIES = "studies"  # the training data part XRAY-GAN reads (factory.data.training)
-
-
-def label_prior(part: DataPart) -> list[dict[str, Any]]:
-    """The training labels' combinations and their shares (the `prior` label policy of production)."""
-    positives = np.nan_to_num(part.labels.numpy(), nan=0.0) == 1
-    combos, counts = np.unique(positives, axis=0, return_counts=True)
-    return [{"labels": [n for n, on in zip(part.label_names, combo) if on] or ["No Finding"],
-             "share": float(c / counts.sum())} for combo, c in zip(combos, counts)]
 
 
 def real_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -92,7 +85,7 @@ def pseudo_label_loss(logits: torch.Tensor, threshold: float) -> tuple[torch.Ten
     return (per_row * keep).sum() / keep.sum().clamp(min=1), keep.float().mean()
 
 
-class _XrayganRecipe:
+class _XrayganRecipe(ConstantAdamRecipe):
     """What both recipes share: the data part, batches, optimisers, constant rates, export."""
 
     name: str
@@ -123,30 +116,10 @@ class _XrayganRecipe:
         present = torch.nan_to_num(part.labels[index], nan=0.0).eq(1.0).float()
         return {"image": part.images[index] * 2 - 1, "labels": present}
 
-    def optimizer_config(self, name: str) -> dict[str, Any]:
-        config = self._config()
-        return {"lr": float(config["lr"][name]), "betas": tuple(float(b) for b in config["betas"])}
-
-    def learning_rates(self, step: int, total_steps: int) -> dict[str, float]:
-        """Constant: the paper gives no schedule."""
-        return {name: float(lr) for name, lr in self._config()["lr"].items()}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """No state between steps."""
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        return None
-
     def export_metadata(self, data: TrainingData) -> dict[str, Any]:
         part = data.parts[STUDIES]
         return {"label_names": list(part.label_names), "vocabulary": None,
                 "training_data": {"label_prior": label_prior(part)}}
-
-    def _config(self) -> dict[str, Any]:
-        if self.config is None:
-            raise RuntimeError("call build(model_config) first")
-        return self.config
 
     @staticmethod
     def _place(engines: Mapping[str, Engine], batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
