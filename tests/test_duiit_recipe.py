@@ -13,10 +13,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from gloo_script import run_as_rank_zero
+from recipe_helpers import changed, parameters, spy_on_backwards
 from test_train import tiny_config, train_in_session
 
 from factory.models.bundle import load_bundle
-from factory.train.engines import TorchEngine, apply_learning_rates, torch_engines
+from factory.train.engines import apply_learning_rates, torch_engines
 from factory.train.recipes import get_recipe
 from factory.train.recipes.duiit import ImagePool, linear_decay
 
@@ -40,29 +41,21 @@ def _batch(seed: int = 0, sources=("mri", "pet")):
     return batch
 
 
-def _parameters(nets):
-    return {name: {k: v.detach().clone() for k, v in net.named_parameters()} for name, net in nets.items()}
-
-
-def _changed(before, after, name):
-    return [k for k in before[name] if not torch.equal(before[name][k], after[name][k])]
-
-
 def test_steps_give_finite_losses_change_every_network_and_repeat_exactly():
     runs = []
     for _ in range(2):
         recipe, nets, engines = _setup()
-        before = _parameters(nets)
+        before = parameters(nets)
         generator = torch.Generator().manual_seed(3)
         metrics = [recipe.train_step(engines, _batch(s), s, generator) for s in range(3)]
-        runs.append((metrics, _parameters(nets), recipe.state_dict()))
+        runs.append((metrics, parameters(nets), recipe.state_dict()))
     metrics, after, pools = runs[0]
     per_source = {"g_adv", "f_adv", "cycle", "age", "d_ct", "d_source"}
     assert set(metrics[0]) == {f"{s}_{k}" for s in ("mri", "pet") for k in per_source} | {
         "p_loss", "p_ct", "p_translated"}
     assert all(math.isfinite(v) for m in metrics for v in m.values())
     for name in nets:
-        assert _changed(before, after, name), f"{name} did not change"
+        assert changed(before, after, name), f"{name} did not change"
     # Same seeds, same everything: initial weights from the seed, pool choices from the generator.
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(after[n][k], runs[1][1][n][k]) for n in after for k in after[n])
@@ -76,20 +69,7 @@ def test_steps_give_finite_losses_change_every_network_and_repeat_exactly():
 
 def test_every_backward_steps_one_engine_and_the_others_are_frozen():
     recipe, nets, engines = _setup(sources=["mri"])
-    calls = []
-
-    class Spy(TorchEngine):
-        def backward(self, loss):
-            trainable = {n for n, e in engines.items() if any(p.requires_grad for p in e.parameters())}
-            calls.append((self.name, trainable))
-            super().backward(loss)
-            others = [p.grad for n, e in engines.items() if n != self.name for p in e.parameters()]
-            assert all(g is None for g in others), f"{self.name}'s backward reached other networks"
-
-    for name, engine in list(engines.items()):
-        spy = Spy(engine.module, engine.optimizer)
-        spy.name = name
-        engines[name] = spy
+    calls = spy_on_backwards(engines)
     recipe.train_step(engines, _batch(sources=("mri",)), 0, torch.Generator().manual_seed(0))
     assert [name for name, _ in calls] == ["T_mri", "D_mri", "P"]
     assert all(trainable == {name} for name, trainable in calls)
@@ -102,10 +82,10 @@ def test_age_term_steers_only_the_translators():
     for weight in (0.0, 0.001):
         recipe, nets, engines = _setup(lambda_pred=weight, sources=["pet"])
         recipe.train_step(engines, _batch(sources=("pet",)), 0, torch.Generator().manual_seed(0))
-        results.append(_parameters(nets))
+        results.append(parameters(nets))
     without, with_age = results
-    assert _changed(without, with_age, "T_pet")
-    assert not _changed(without, with_age, "D_pet") and not _changed(without, with_age, "P")
+    assert changed(without, with_age, "T_pet")
+    assert not changed(without, with_age, "D_pet") and not changed(without, with_age, "P")
 
 
 def test_missing_ages_are_left_out_of_the_age_losses():
@@ -159,9 +139,9 @@ def test_learning_rates_hold_then_decay_linearly_and_reach_the_optimisers():
     assert all(g["lr"] == pytest.approx(rates["P"]) for g in engines["P"].optimizer.param_groups)
     # A zero rate leaves the weights where they are: the optimisers read the rate they were given.
     apply_learning_rates(engines, {name: 0.0 for name in engines})
-    before = _parameters(nets)
+    before = parameters(nets)
     recipe.train_step(engines, _batch(sources=("mri",)), 0, torch.Generator().manual_seed(0))
-    assert not any(_changed(before, _parameters(nets), name) for name in nets)
+    assert not any(changed(before, parameters(nets), name) for name in nets)
 
 
 def test_batch_maps_intensities_and_normalises_ages():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from recipe_helpers import parameters
 
 from factory.data.text.vocab import Vocabulary
 from factory.train.engines import Engine, TorchEngine, frozen, torch_engines
@@ -31,10 +32,6 @@ def _batch(labelled, seed: int = 0):
             "report": torch.randint(4, 20, (B, 3, 5), generator=g)}
 
 
-def _snapshot(nets):
-    return {name: {k: v.detach().clone() for k, v in net.named_parameters()} for name, net in nets.items()}
-
-
 def test_optimizer_settings_follow_the_paper():
     recipe, _, engines = _setup()
     assert recipe.optimizer_config("G") == {"lr": 5e-5, "betas": (0.0, 0.999)}
@@ -48,11 +45,11 @@ def test_train_steps_give_finite_losses_change_every_network_and_repeat_exactly(
     runs = []
     for _ in range(2):
         recipe, nets, engines = _setup()
-        before = _snapshot(nets)
+        before = parameters(nets)
         generator = torch.Generator().manual_seed(3)
         metrics = [recipe.train_step(engines, _batch([True, True, False, True], seed=s), s, generator)
                    for s in range(2)]
-        runs.append((metrics, _snapshot(nets)))
+        runs.append((metrics, parameters(nets)))
     metrics, after = runs[0]
     expected = {"d_image", "d_rotation", "d_report", "d_joint", "g_image", "g_rotation", "g_report", "g_joint",
                 "f_word_nll", "f_stop_nll", "f_label_bce"}
@@ -71,9 +68,9 @@ def test_unlabelled_batch_leaves_the_class_terms_alone():
     class_embed = "class_embed.parametrizations.weight.original"
     for labelled, moves in (([False] * B, False), ([True] * B, True)):
         recipe, nets, engines = _setup()
-        before = _snapshot(nets)
+        before = parameters(nets)
         recipe.train_step(engines, _batch(labelled), 0, torch.Generator().manual_seed(0))
-        after = _snapshot(nets)
+        after = parameters(nets)
         assert (not torch.equal(before["D_image"][projection], after["D_image"][projection])) is moves
         assert (not torch.equal(before["G"][class_embed], after["G"][class_embed])) is moves
         assert (not torch.equal(before["F"]["label_head.weight"], after["F"]["label_head.weight"])) is moves
@@ -182,10 +179,10 @@ def test_f_encoder_starts_from_a_classifier_bundle_and_stays_frozen(tmp_path):
     F_.eval()
     assert torch.allclose(F_(image * 2 - 1, mode="labels"), classifier.eval()(image), atol=1e-5)
 
-    before = _snapshot(nets)
+    before = parameters(nets)
     F_.train()
     recipe.train_step(engines, _batch([True] * B), 0, torch.Generator().manual_seed(0))
-    after = _snapshot(nets)
+    after = parameters(nets)
     assert not F_.encoder.training  # batch norm keeps the classifier's statistics
     assert all(torch.equal(before["F"][k], after["F"][k]) for k in before["F"] if k.startswith(("encoder.", "label_head.")))
     assert not torch.equal(before["F"]["word_out.weight"], after["F"]["word_out.weight"])

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from recipe_helpers import changed, parameters, spy_on_backwards
 
 from factory.cli import main
 from factory.data.labels import CXR_LABELS
@@ -15,7 +16,7 @@ from factory.models import registry
 from factory.models.bundle import load_bundle
 from factory.models.spec import ImageSampling
 from factory.models.xraygan.ucgan import class_targets
-from factory.train.engines import TorchEngine, torch_engines
+from factory.train.engines import torch_engines
 from factory.train.recipes import get_recipe
 
 TINY = {"xraygan-cgan": {"image_size": 32, "g_width": 4, "d_width": 4, "label_embedding": 4, "z_dim": 8},
@@ -37,14 +38,6 @@ def _batch(seed: int = 0):
     labels = (torch.rand(B, len(CXR_LABELS), generator=g) < 0.3).float()
     return {"image": torch.rand(B, 1, 32, 32, generator=g) * 2 - 1, "labels": labels,
             "targets": class_targets(labels, CXR_LABELS)}
-
-
-def _parameters(nets):
-    return {name: {k: v.detach().clone() for k, v in net.named_parameters()} for name, net in nets.items()}
-
-
-def _changed(before, after, name):
-    return [k for k in before[name] if not torch.equal(before[name][k], after[name][k])]
 
 
 def test_optimizer_settings_follow_the_paper():
@@ -69,14 +62,14 @@ def test_steps_give_finite_losses_change_every_network_and_repeat_exactly(model)
     runs = []
     for _ in range(2):
         recipe, nets, engines = _setup(model)
-        before = _parameters(nets)
+        before = parameters(nets)
         generator = torch.Generator().manual_seed(3)
         metrics = [recipe.train_step(engines, _batch(s), s, generator) for s in range(2)]
-        runs.append((metrics, _parameters(nets)))
+        runs.append((metrics, parameters(nets)))
     metrics, after = runs[0]
     assert all(math.isfinite(v) for m in metrics for v in m.values())
     for name in nets:
-        assert _changed(before, after, name), f"{name} did not change"
+        assert changed(before, after, name), f"{name} did not change"
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(after[n][k], runs[1][1][n][k]) for n in after for k in after[n])
 
@@ -84,20 +77,7 @@ def test_steps_give_finite_losses_change_every_network_and_repeat_exactly(model)
 @pytest.mark.parametrize("model", ["xraygan-cgan", "xraygan-ucgan"])
 def test_every_backward_steps_one_engine_and_the_others_are_frozen(model):
     recipe, nets, engines = _setup(model)
-    calls = []
-
-    class Spy(TorchEngine):
-        def backward(self, loss):
-            trainable = {n for n, e in engines.items() if any(p.requires_grad for p in e.parameters())}
-            calls.append((self.name, trainable))
-            super().backward(loss)
-            others = [p.grad for n, e in engines.items() if n != self.name for p in e.parameters()]
-            assert all(g is None for g in others), f"{self.name}'s backward reached other networks"
-
-    for name, engine in list(engines.items()):
-        spy = Spy(engine.module, engine.optimizer)
-        spy.name = name
-        engines[name] = spy
+    calls = spy_on_backwards(engines)
     recipe.train_step(engines, _batch(), 0, torch.Generator().manual_seed(0))
     assert [name for name, _ in calls] == ORDER[model]
     assert all(trainable == {name} for name, trainable in calls)
@@ -113,13 +93,13 @@ def test_ucgan_scores_steer_the_generator_alone():
     for label, weights in [("off", off), ("paper", {}), *[(k, {**off, k: 1.0}) for k in off]]:
         recipe, nets, engines = _setup("xraygan-ucgan", **weights)
         recipe.train_step(engines, _batch(), 0, torch.Generator().manual_seed(0))
-        ends[label] = _parameters(nets)
+        ends[label] = parameters(nets)
     for label in ("paper", *off):
-        assert _changed(ends["off"], ends[label], "G"), f"{label} does not reach G"
+        assert changed(ends["off"], ends[label], "G"), f"{label} does not reach G"
         for name in ("D", "C"):
-            assert not _changed(ends["off"], ends[label], name), f"{label} reached {name}"
+            assert not changed(ends["off"], ends[label], name), f"{label} reached {name}"
     # T's loss is gamma x its term: off (gamma 0) and gamma 1 end apart, alpha alone leaves T as off.
-    assert _changed(ends["off"], ends["gamma"], "T") and not _changed(ends["off"], ends["alpha"], "T")
+    assert changed(ends["off"], ends["gamma"], "T") and not changed(ends["off"], ends["alpha"], "T")
 
 
 def test_ucgan_threshold_decides_which_fakes_train_the_classifier():
@@ -127,18 +107,18 @@ def test_ucgan_threshold_decides_which_fakes_train_the_classifier():
     for threshold in (0.0, 1.0):
         recipe, nets, engines = _setup("xraygan-ucgan", threshold=threshold)
         metrics = recipe.train_step(engines, _batch(), 0, torch.Generator().manual_seed(0))
-        ends[threshold], kept[threshold] = _parameters(nets), metrics
+        ends[threshold], kept[threshold] = parameters(nets), metrics
     assert kept[0.0]["c_kept"] == 1.0 and kept[0.0]["c_fake"] > 0
     assert kept[1.0]["c_kept"] == 0.0 and kept[1.0]["c_fake"] == 0.0
-    assert _changed(ends[0.0], ends[1.0], "C") and not _changed(ends[0.0], ends[1.0], "G")
+    assert changed(ends[0.0], ends[1.0], "C") and not changed(ends[0.0], ends[1.0], "G")
 
 
 def test_cgan_conditioning_labels_reach_both_networks():
     recipe, nets, engines = _setup("xraygan-cgan")
-    before = _parameters(nets)
+    before = parameters(nets)
     recipe.train_step(engines, _batch(), 0, torch.Generator().manual_seed(0))
-    after = _parameters(nets)
-    assert "embed.weight" in _changed(before, after, "G") and "embed.weight" in _changed(before, after, "D")
+    after = parameters(nets)
+    assert "embed.weight" in changed(before, after, "G") and "embed.weight" in changed(before, after, "D")
     z = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
     G = nets["G"].eval()
     with torch.no_grad():
