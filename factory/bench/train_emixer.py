@@ -374,6 +374,22 @@ class SegmentPlanner:
         return max(int((share - self.startup_s) / (self.per_step_s * (1 + self.margin))), 0)
 
 
+def segment_steps(planner: SegmentPlanner, used_s: float, segment: int, first_steps: int | None) -> int:
+    """The next segment's steps: the planner's, at most `first_steps` in the first segment; 0 (stop)
+    when fewer than MIN_SEGMENT_STEPS fit."""
+    steps = planner.next_steps(used_s, segment)
+    if segment == 0 and first_steps:
+        steps = min(steps, first_steps)
+    return steps if steps >= MIN_SEGMENT_STEPS else 0
+
+
+def snapshot_every(points: int, segments: int, segment: int, steps: int) -> int:
+    """The snapshot interval that gives this segment its share of the evaluation points: one at its
+    end, the others from snapshots along the way."""
+    share = points // segments + (segment < points % segments)
+    return max(math.ceil(steps / max(share, 1)), 1)
+
+
 def learning(args) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
@@ -411,19 +427,15 @@ def learning(args) -> dict[str, Any]:
     wall_cap = args.wall_minutes * 60 if args.wall_minutes else math.inf
     bar = tqdm(total=int(planner.budget_s), desc="training CPU-s", unit="s")
     for segment in range(args.segments):
-        steps = planner.next_steps(train_cpu, segment)
-        if segment == 0 and args.first_steps:
-            steps = min(steps, args.first_steps)
-        if steps < MIN_SEGMENT_STEPS:
+        steps = segment_steps(planner, train_cpu, segment, args.first_steps)
+        if not steps:
             break
         if time.perf_counter() - started > wall_cap:
             print("wall-clock cap reached; stopping")
             break
         bundle_url = os.path.join(work, "bundles", f"step-{step + steps:06d}")
-        # This segment's share of the points: one at its end, the others from snapshots along the way.
-        share = args.points // args.segments + (segment < args.points % args.segments)
         config = train_config(args, RUN_NAME, storage, step + steps, bundle_out=bundle_url,
-                              snapshot_every=max(math.ceil(steps / max(share, 1)), 1))
+                              snapshot_every=snapshot_every(args.points, args.segments, segment, steps))
         cpu = meter.seconds()
         stats = run_segment(config)
         segment_cpu = meter.seconds() - cpu

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from factory.bench.train_emixer import (CpuMeter, SegmentPlanner, get_judge, machine, real_sets, run_segment,
-                                        segment_bundles, write_json)
+                                        segment_bundles, segment_steps, snapshot_every, write_json)
 from factory.data.labels import CXR_LABELS
 
 MODELS = ("xraygan-cgan", "xraygan-ucgan")
@@ -45,7 +44,6 @@ BENCH_MODEL: dict[str, dict[str, Any]] = {
     "xraygan-cgan": {"g_width": 32, "d_width": 32},
     "xraygan-ucgan": {"g_width": 32, "d_width": 32, "c_width": 16},
 }
-MIN_SEGMENT_STEPS = 5
 BUDGET_MARGIN = 0.1
 TABLE4_OFFSET = 3_000_000  # Table 4's real training phantoms: indices apart from every other set
 MINIMUM = {"cgan_macro_auc": 0.80, "ucgan_gain_over_real_only": 0.02}
@@ -168,15 +166,12 @@ def learn(model: str, args, work: str, evaluator: Evaluator, meter: CpuMeter) ->
     planner = SegmentPlanner(budget_s=args.minutes * 60, segments=args.segments, margin=BUDGET_MARGIN)
     train_cpu, eval_cpu, points, step, last = 0.0, 0.0, [], 0, None
     for segment in range(args.segments):
-        steps = planner.next_steps(train_cpu, segment)
-        if segment == 0 and args.first_steps:
-            steps = min(steps, args.first_steps)
-        if steps < MIN_SEGMENT_STEPS:
+        steps = segment_steps(planner, train_cpu, segment, args.first_steps)
+        if not steps:
             break
         bundle_url = os.path.join(work, "bundles", model, f"step-{step + steps:06d}")
-        share = args.points // args.segments + (segment < args.points % args.segments)
         config = train_config(args, model, storage, step + steps, bundle_out=bundle_url,
-                              snapshot_every=max(math.ceil(steps / max(share, 1)), 1))
+                              snapshot_every=snapshot_every(args.points, args.segments, segment, steps))
         cpu = meter.seconds()
         stats = run_segment(config)
         segment_cpu = meter.seconds() - cpu
