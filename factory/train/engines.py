@@ -119,12 +119,25 @@ class DDPEngine(TorchEngine):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
+def _skip_inference_shared_memory_op() -> None:
+    """On a CPU accelerator DeepSpeed's communication backend JIT-compiles its shared-memory kernel the
+    first time it starts on a machine (about 45 CPU-seconds; again for every new virtual environment).
+    That kernel serves only `inference_all_reduce` (tensor-parallel inference); training's gradient
+    all-reduce goes through torch.distributed (gloo), so it is marked unavailable and never built."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class DeepSpeedEngine:
     """A DeepSpeed engine behind the Engine protocol; `deepspeed_config` gives its settings."""
 
     def __init__(self, module, optimizer, ds_config: dict):
         import deepspeed
 
+        _skip_inference_shared_memory_op()
         self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
         low = next((dtype for key, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))
                     if ds_config.get(key, {}).get("enabled")), None)
