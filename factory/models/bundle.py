@@ -122,15 +122,18 @@ def read_metadata(url: str) -> dict[str, Any]:
     return metadata
 
 
+def _check_file(file_url: str, entry: Mapping[str, Any], found: int, digest: str) -> None:
+    if found != entry["bytes"] or digest != entry["sha256"]:
+        raise IntegrityError(file_url, f"{found} bytes with sha256 {digest}; bundle.json promises "
+                                       f"{entry['bytes']} bytes with sha256 {entry['sha256']}")
+
+
 def verify_files(url: str, metadata: Mapping[str, Any]) -> None:
     """Check each file `metadata` lists against its size and sha256, streamed: drivers refuse a damaged
     bundle before any worker starts (load_bundle checks the bytes it loads again)."""
     for entry in metadata["files"]:
         file_url = storage.join(url, entry["name"])
-        found, digest = storage.size(file_url), storage.sha256(file_url)
-        if found != entry["bytes"] or digest != entry["sha256"]:
-            raise IntegrityError(file_url, f"{found} bytes with sha256 {digest}; bundle.json promises "
-                                           f"{entry['bytes']} bytes with sha256 {entry['sha256']}")
+        _check_file(file_url, entry, storage.size(file_url), storage.sha256(file_url))
 
 
 def load_bundle(url: str, device: str | torch.device = "cpu") -> Bundle:
@@ -141,10 +144,7 @@ def load_bundle(url: str, device: str | torch.device = "cpu") -> Bundle:
     for entry in metadata["files"]:
         file_url = storage.join(url, entry["name"])
         data = storage.read_bytes(file_url)
-        digest = hashlib.sha256(data).hexdigest()
-        if len(data) != entry["bytes"] or digest != entry["sha256"]:
-            raise IntegrityError(file_url, f"{len(data)} bytes with sha256 {digest}; bundle.json promises "
-                                           f"{entry['bytes']} bytes with sha256 {entry['sha256']}")
+        _check_file(file_url, entry, len(data), hashlib.sha256(data).hexdigest())
         blobs[entry["name"]] = data
     weights_url = storage.join(url, WEIGHTS_NAME)
     if WEIGHTS_NAME not in blobs:
