@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from factory.bench.train_emixer import (CpuMeter, SegmentPlanner, get_judge, machine, real_sets, run_segment,
+from factory.bench.train_emixer import (BUDGET_MARGIN, CpuMeter, SegmentPlanner, get_judge, machine, real_sets, run_segment,
                                         segment_bundles, segment_steps, snapshot_every, write_json)
 from factory.data.labels import CXR_LABELS
 
@@ -44,7 +44,6 @@ BENCH_MODEL: dict[str, dict[str, Any]] = {
     "xraygan-cgan": {"g_width": 32, "d_width": 32},
     "xraygan-ucgan": {"g_width": 32, "d_width": 32, "c_width": 16},
 }
-BUDGET_MARGIN = 0.1
 TABLE4_OFFSET = 3_000_000  # Table 4's real training phantoms: indices apart from every other set
 MINIMUM = {"cgan_macro_auc": 0.80, "ucgan_gain_over_real_only": 0.02}
 
