@@ -34,8 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from factory.bench.train_emixer import (BUDGET_MARGIN, CpuMeter, SegmentPlanner, get_judge, machine, real_sets, run_segment,
-                                        segment_bundles, segment_steps, snapshot_every, write_json)
+from factory.bench.train_emixer import (BUDGET_MARGIN, CpuMeter, SegmentPlanner, get_judge, machine, real_sets,
+                                        run_segment, segment_bundles, segment_steps, snapshot_every, write_json)
 from factory.data.labels import CXR_LABELS
 
 MODELS = ("xraygan-cgan", "xraygan-ucgan")
