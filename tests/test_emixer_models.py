@@ -161,3 +161,52 @@ def test_decode_reports():
     vocab = Vocabulary(["heart", "normal", "."])
     ids = vocab.encode_sentences("Heart normal. Normal.", 3, 5)[None]
     assert decode_reports(ids, vocab) == ["heart normal. normal."]
+
+
+def _sequence_log_probs(F, topic: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each row of `words` (N, W) after `topic`, up to and including its first <eos>
+    (teacher-forced, all rows as one batch); -inf where a word other than <pad> follows that <eos> (the
+    beam's rule: a finished sentence continues with <pad> at no cost)."""
+    n = words.shape[0]
+    bos = F.word_embed.weight[Vocabulary.bos_id].expand(n, 1, -1)
+    inputs = torch.cat([topic.expand(n, 1, -1), bos, F.word_embed(words[:, :-1])], dim=1)
+    out, _ = F.word_lstm(inputs)
+    log_p = torch.log_softmax(F.word_out(out[:, 1:]), dim=-1).gather(2, words[:, :, None])[:, :, 0]
+    after_eos = torch.cumsum(words == Vocabulary.eos_id, dim=1) - (words == Vocabulary.eos_id).long() > 0
+    total = torch.where(after_eos, torch.zeros_like(log_p), log_p).sum(dim=1)
+    return torch.where((after_eos & (words != Vocabulary.pad_id)).any(dim=1), float("-inf"), total)
+
+
+def test_beam_search_finds_the_most_likely_words_and_width_one_is_greedy():
+    import itertools
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    config = make_config(TINY, vocab_size=6, max_words=3)
+    F = build_networks(config)["F"].eval()
+    with torch.no_grad():
+        F.word_out.weight.mul_(8.0)  # peaked word distributions, where greedy and best part ways
+        topics = torch.randn(6, config["word_embedding"])
+        greedy = F._words(topics, 3, "greedy", 1.0, None)
+        assert torch.equal(F._beam_words(topics, 3, 1), greedy)
+        exhaustive = F._beam_words(topics, 3, 6 ** 3)  # a beam as wide as every sequence: exact
+        every = torch.tensor(list(itertools.product(range(6), repeat=3)))
+        differs = 0
+        for topic, found, first in zip(topics, exhaustive, greedy):
+            scores = _sequence_log_probs(F, topic, every)
+            score_of = {tuple(w): float(v) for w, v in zip(every.tolist(), scores)}
+            assert score_of[tuple(found.tolist())] == pytest.approx(float(scores.max()), abs=1e-5)
+            assert score_of[tuple(found.tolist())] >= score_of[tuple(first.tolist())] - 1e-5
+            differs += not torch.equal(found, first)
+        assert differs, "no topic where the best words differ from the greedy ones: the test shows nothing"
+
+
+def test_report_beam_decodes_through_generate(nets):
+    z, labels = _inputs()
+    wide = build_by_name("emixer", make_config(TINY, report_beam=3), seed=0)
+    _, greedy_ids = generate(nets, labels, z)
+    _, beam_ids = generate(wide, labels, z)
+    assert beam_ids.shape == greedy_ids.shape
+    assert (beam_ids == generate(wide, labels, z)[1]).all()  # a function of its inputs
+    for m in (*nets.values(), *wide.values()):
+        m.train()

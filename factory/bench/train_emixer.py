@@ -470,8 +470,6 @@ def learning(args) -> dict[str, Any]:
             bar.write(_point_line(point))
         eval_cpu += meter.seconds() - cpu
     bar.close()
-    total_cpu = meter.seconds()
-    meter.close()
     if len(points) < 2:
         raise RuntimeError(f"the budget of {args.minutes} CPU-minutes did not fit one training segment")
 
@@ -481,6 +479,17 @@ def learning(args) -> dict[str, Any]:
         point["over_budget"] = point["train_cpu_minutes"] > args.minutes
     final_point = [point for point in points if not point["over_budget"]][-1]
     final = {k: v for k, v in final_point.items() if k != "images"}
+    if args.final_beam > 1:  # the same final networks, F decoding by beam search instead of greedily
+        cpu = meter.seconds()
+        bundle = load_bundle(final_point["bundle"])
+        bundle.nets["F"].beam = args.final_beam
+        beam = evaluator(bundle.nets, bundle.model_config, bundle.vocabulary)
+        final["beam"] = {"width": args.final_beam, "ce": beam["ce"], "bleu_1": beam["bleu_1"],
+                         "f_reading_real_images": beam["f_reading_real_images"],
+                         "example_report": beam["example_report"]}
+        eval_cpu += meter.seconds() - cpu
+    total_cpu = meter.seconds()
+    meter.close()
     minimum = {"synthetic_macro_auc": {"target": 0.75, "value": final["macro_auc"]},
                "ce_micro_f1": {"target": 0.50, "value": final["ce"]["micro"]["f1"],
                                "definition": "labeler on the generated reports against the conditioning labels, "
@@ -674,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the benchmark's EMIXER settings (dotted keys, e.g. lr.G=1e-4)")
     parser.add_argument("--eval-count", type=int, default=500, help="held-out real phantoms (and samples) per point")
     parser.add_argument("--eval-threads", type=int, default=2, help="torch threads of the driver's evaluation")
+    parser.add_argument("--final-beam", type=int, default=4,
+                        help="also score the final networks with F decoding by beam search of this width (1: no)")
     parser.add_argument("--judge", help="a judge bundle URL (default: train one at --size into the work folder)")
     parser.add_argument("--judge-count", type=int, default=5000)
     parser.add_argument("--judge-epochs", type=int, default=8)
@@ -728,6 +739,13 @@ def learning_table(result: dict[str, Any]) -> str:
                      f"{p['fid']:.1f} | {ce(p['ce'])} | {p['bleu_1']:.3f} |")
         lines.append(f"| | | F reading real images | | | {ce(p['f_reading_real_images']['ce'])} | |")
         lines.append(f"| | | judge reading generated images | | | {ce(p['judge_reading_generated_ce'])} | |")
+    beam = result["final"].get("beam")
+    if beam:
+        final = result["final"]
+        lines.append(f"| {final['step']} | {final['train_cpu_minutes']:.1f} | generated reports, beam {beam['width']} | | | "
+                     f"{ce(beam['ce'])} | {beam['bleu_1']:.3f} |")
+        lines.append(f"| | | F reading real images, beam {beam['width']} | | | "
+                     f"{ce(beam['f_reading_real_images']['ce'])} | |")
     lines.append(f"| real | | real reports | {real['real_macro_auc']:.3f} | {real['real_vs_real_fid']:.1f} | "
                  f"{ce(real['real_reports']['ce'])} | {real['rewritten_reports']['bleu_1']:.3f} (rewritten) |")
     lines.append(f"| real | | judge reading real images | | | {ce(real['judge_reading_real_images_ce'])} | |")

@@ -69,6 +69,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "hidden": 256,
     "word_layers": 3,
     "d_text_hidden": 128,
+    # Words of a sentence at inference: 1 = greedy, more = beam search of that width (each sentence
+    # apart, the highest total log-probability). Training's free-running reports stay Gumbel samples.
+    "report_beam": 1,
     # training
     "lr": {"G": 5e-5, "F": 5e-5, "D_image": 2e-4, "D_report": 2e-4, "D_joint": 2e-4},
     "betas": [0.0, 0.999],
@@ -116,7 +119,7 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
         raise ValueError("vocab_size must exceed the 4 special tokens")
     for key in ("channels", "num_labels", "z_chunk", "class_embedding", "g_width", "d_width", "f_width",
                 "max_sentences", "max_words", "image_feature", "word_embedding", "hidden", "word_layers",
-                "d_text_hidden", "d_steps"):
+                "d_text_hidden", "d_steps", "report_beam"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f"{key} must be a positive integer, not {config[key]!r}")
     config["betas"] = list(config["betas"])
@@ -192,6 +195,7 @@ class ReportGenerator(nn.Module):
         super().__init__()
         hidden, embedding = config["hidden"], config["word_embedding"]
         self.max_sentences, self.max_words = config["max_sentences"], config["max_words"]
+        self.beam = config["report_beam"]
         resnet_blocks = F_ENCODERS[config["f_encoder"]]
         self.encoder = (ImageEncoder(config["image_size"], config["channels"], config["f_width"], spectral=False)
                         if resnet_blocks is None else ResNetEncoder(config["channels"], resnet_blocks))
@@ -230,6 +234,7 @@ class ReportGenerator(nn.Module):
         """mode "teacher": given (B, S, W) reports, returns (stop logits (B, S), word logits (B, S, W, V),
         label logits (B, L) of the encoder's label head).
         mode "greedy" / "sample" (softmax at `temperature`): token ids (B, S, W).
+        mode "best": "greedy" when the config's `report_beam` is 1, else beam search of that width.
         mode "labels": the label head's logits (B, L) alone.
         mode "gumbel": straight-through Gumbel-softmax one-hot words (B, S, W, V) at `temperature`,
         differentiable with respect to F (and, through the image, G).
@@ -247,16 +252,21 @@ class ReportGenerator(nn.Module):
             inputs = torch.cat([topics.reshape(b * s, 1, e), bos, self.word_embed(words[:, :-1])], dim=1)
             out, _ = self.word_lstm(inputs)
             return stop_logits, self.word_out(out[:, 1:]).view(b, s, words.shape[1], -1), self.label_head(features)
-        if mode not in ("greedy", "sample", "gumbel"):
+        if mode == "best":
+            mode = "greedy" if self.beam == 1 else "beam"
+        if mode not in ("greedy", "beam", "sample", "gumbel"):
             raise ValueError(f"unknown report mode {mode!r}")
-        if mode != "greedy" and generator is None:
+        if mode not in ("greedy", "beam") and generator is None:
             raise ValueError(f"report mode {mode!r} needs a torch.Generator")
         # STOP draws come first: the word loop may end early, and what it draws depends on when.
-        if mode == "greedy":
+        if mode in ("greedy", "beam"):
             stops = stop_logits > 0
         else:
             stops = uniform(stop_logits.shape, generator, stop_logits.device) < torch.sigmoid(stop_logits)
-        tokens = self._words(topics.reshape(b * s, e), max_words or self.max_words, mode, temperature, generator)
+        if mode == "beam":
+            tokens = self._beam_words(topics.reshape(b * s, e), max_words or self.max_words, self.beam)
+        else:
+            tokens = self._words(topics.reshape(b * s, e), max_words or self.max_words, mode, temperature, generator)
         # A sentence exists while no STOP has been drawn at or before it.
         exists = torch.cumsum(stops.long(), dim=1) == 0
         tokens = _mask_to_pad(tokens.view(b, s, *tokens.shape[1:]), exists[:, :, None])
@@ -301,6 +311,41 @@ class ReportGenerator(nn.Module):
             finished = finished | (token == Vocabulary.eos_id)
             outputs.append(word)
         return torch.stack(outputs, dim=1)
+
+
+    def _beam_words(self, topics: torch.Tensor, max_words: int, width: int) -> torch.Tensor:
+        """Token ids (N, max_words) of the `width`-beam search for each of N sentence topics: the words
+        with the highest total log-probability found. A beam that has written <eos> continues with
+        <pad> at no cost, so finished and unfinished beams compete on their totals."""
+        n, vocab = topics.shape[0], self.word_out.out_features
+        _, (h, c) = self.word_lstm(topics[:, None])
+        h, c = h.repeat_interleave(width, dim=1), c.repeat_interleave(width, dim=1)
+        x = self.word_embed.weight[Vocabulary.bos_id].expand(n * width, -1)
+        # Only the first beam is live at the start, so the first step's `width` best words seed the beams.
+        scores = torch.full((n, width), float("-inf"), device=topics.device)
+        scores[:, 0] = 0.0
+        finished = torch.zeros(n * width, dtype=torch.bool, device=topics.device)
+        history = torch.zeros(n * width, 0, dtype=torch.long, device=topics.device)
+        pad_only = torch.full((vocab,), float("-inf"), device=topics.device)
+        pad_only[Vocabulary.pad_id] = 0.0
+        for _ in range(max_words):
+            if history.shape[1] and bool(finished.all()):
+                break
+            out, (h, c) = self.word_lstm(x[:, None], (h, c))
+            log_p = torch.log_softmax(self.word_out(out[:, 0]).float(), dim=-1)
+            log_p = torch.where(finished[:, None], pad_only, log_p)
+            total = (scores[:, :, None] + log_p.view(n, width, vocab)).view(n, width * vocab)
+            scores, best = total.topk(width, dim=-1)
+            parent = (best // vocab + torch.arange(n, device=topics.device)[:, None] * width).view(-1)
+            token = (best % vocab).view(-1)
+            h, c, history, finished = h[:, parent], c[:, parent], history[parent], finished[parent]
+            history = torch.cat([history, token[:, None]], dim=1)
+            finished = finished | (token == Vocabulary.eos_id)
+            x = self.word_embed(token)
+        chosen = history.view(n, width, -1)[:, 0]  # topk sorts: beam 0 has the best total
+        padding = torch.full((n, max_words - chosen.shape[1]), Vocabulary.pad_id, dtype=torch.long,
+                             device=topics.device)
+        return torch.cat([chosen, padding], dim=1)
 
 
 def _mask_to_pad(tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -394,7 +439,7 @@ def generate(nets: Mapping[str, nn.Module], labels: torch.Tensor, z: torch.Tenso
              max_sentences: int | None = None, max_words: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images (B, H, W) uint8 and report token ids (B, S, W) int64 for labels (B, L) and noise (B, z_dim).
 
-    Greedy words unless `word_temperature` is given (then `generator` drives the sampling), so the
+    Greedy (or beam-searched: the config's `report_beam`) words unless `word_temperature` is given (then `generator` drives the sampling), so the
     output is a function of (labels, z[, generator state]) alone. Networks run in eval mode (batch
     norm on its running statistics), so a sample does not depend on the rest of its batch.
     """
@@ -404,19 +449,20 @@ def generate(nets: Mapping[str, nn.Module], labels: torch.Tensor, z: torch.Tenso
     first = next(G.parameters())
     with torch.inference_mode():
         images = G(z.to(device=first.device, dtype=first.dtype), labels.to(device=first.device, dtype=first.dtype))
-        mode = "greedy" if word_temperature is None else "sample"
+        mode = "best" if word_temperature is None else "sample"
         ids = F_(images, mode=mode, temperature=word_temperature or 1.0, generator=generator,
                  max_sentences=max_sentences, max_words=max_words)
     return to_uint8(images), ids.cpu().numpy()
 
 
 def write_reports(nets: Mapping[str, nn.Module], images: torch.Tensor) -> np.ndarray:
-    """F's greedy report token ids (B, S, W) of (B, C, S, S) images in [-1, 1] (real films, for instance)."""
+    """F's report token ids (B, S, W) of (B, C, S, S) images in [-1, 1] (real films, for instance): greedy
+    or beam-searched words, as the config's `report_beam` says."""
     F_ = nets["F"]
     F_.eval()
     first = next(F_.parameters())
     with torch.inference_mode():
-        return F_(images.to(device=first.device, dtype=first.dtype), mode="greedy").cpu().numpy()
+        return F_(images.to(device=first.device, dtype=first.dtype), mode="best").cpu().numpy()
 
 
 def decode_reports(ids: np.ndarray, vocabulary: Vocabulary) -> list[str]:
