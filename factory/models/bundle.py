@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -31,11 +30,10 @@ from torch import nn
 from factory import storage
 from factory.errors import BadInputError, IntegrityError
 from factory.models import registry
-from factory.validation import SCHEMA_VERSION, dump_json, parse_json
+from factory.models.bundle_metadata import (METADATA_NAME, WEIGHTS_NAME, bundle_id_for, check_file,
+                                            metadata_sha256, read_metadata, verify_files)
+from factory.validation import SCHEMA_VERSION, dump_json
 
-METADATA_NAME = "bundle.json"
-WEIGHTS_NAME = "weights.safetensors"
-_DERIVED = ("sha256", "bundle_id")
 
 
 @dataclass
@@ -58,16 +56,6 @@ class Bundle:
     @property
     def recipe(self) -> str:
         return self.metadata["recipe"]
-
-
-def metadata_sha256(metadata: Mapping[str, Any]) -> str:
-    """Hash of the metadata without its derived fields (sorted keys, compact separators)."""
-    body = {key: value for key, value in metadata.items() if key not in _DERIVED}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def bundle_id_for(recipe: str, sha256: str) -> str:
-    return f"{recipe.lower()}-{sha256[:16]}"
 
 
 def weights_bytes(nets: Mapping[str, nn.Module | Mapping[str, torch.Tensor]]) -> bytes:
@@ -109,33 +97,6 @@ def write_bundle(url: str, recipe: str, nets: Mapping[str, nn.Module | Mapping[s
     return metadata
 
 
-def read_metadata(url: str) -> dict[str, Any]:
-    """bundle.json, schema-checked and its own hash verified (the files are not read)."""
-    source = storage.join(url, METADATA_NAME)
-    metadata = parse_json(storage.read_bytes(source), "bundle", source)
-    digest = metadata_sha256(metadata)
-    if digest != metadata["sha256"]:
-        raise IntegrityError(source, f"metadata sha256 is {digest}, the bundle says {metadata['sha256']}: "
-                                     "bundle.json was changed after it was written")
-    if metadata["bundle_id"] != bundle_id_for(metadata["recipe"], digest):
-        raise IntegrityError(source, f"bundle_id {metadata['bundle_id']!r} does not match its sha256")
-    return metadata
-
-
-def _check_file(file_url: str, entry: Mapping[str, Any], found: int, digest: str) -> None:
-    if found != entry["bytes"] or digest != entry["sha256"]:
-        raise IntegrityError(file_url, f"{found} bytes with sha256 {digest}; bundle.json promises "
-                                       f"{entry['bytes']} bytes with sha256 {entry['sha256']}")
-
-
-def verify_files(url: str, metadata: Mapping[str, Any]) -> None:
-    """Check each file `metadata` lists against its size and sha256, streamed: drivers refuse a damaged
-    bundle before any worker starts (load_bundle checks the bytes it loads again)."""
-    for entry in metadata["files"]:
-        file_url = storage.join(url, entry["name"])
-        _check_file(file_url, entry, storage.size(file_url), storage.sha256(file_url))
-
-
 def load_bundle(url: str, device: str | torch.device = "cpu") -> Bundle:
     """Verify and load a bundle: networks rebuilt by recipe name, weights loaded, eval mode."""
     metadata = read_metadata(url)
@@ -144,7 +105,7 @@ def load_bundle(url: str, device: str | torch.device = "cpu") -> Bundle:
     for entry in metadata["files"]:
         file_url = storage.join(url, entry["name"])
         data = storage.read_bytes(file_url)
-        _check_file(file_url, entry, len(data), hashlib.sha256(data).hexdigest())
+        check_file(file_url, entry, len(data), hashlib.sha256(data).hexdigest())
         blobs[entry["name"]] = data
     weights_url = storage.join(url, WEIGHTS_NAME)
     if WEIGHTS_NAME not in blobs:

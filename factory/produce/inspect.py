@@ -1,4 +1,5 @@
-"""`medsynth inspect URL`: verify a run and summarise it; `--sample N --out DIR` extracts one sample."""
+"""`medsynth inspect URL`: verify a run and summarise it; `--sample N --out DIR` extracts one sample. A
+generator bundle's folder is verified and summarised too."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from typing import Any
 
 from factory import storage
 from factory.errors import BadInputError
-from factory.run_manifest import read_manifest
+from factory.models.bundle_metadata import METADATA_NAME, describe, read_metadata, verify_files
+from factory.run_manifest import manifest_url, read_manifest
 from factory.produce.samples import sample_key
 from factory.produce.shards import read_tar_members
 from factory.produce.verify import verify_run
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("url", help="run folder or URL (local path, file://, s3://)")
+    parser.add_argument("url", help="run or bundle folder, or URL (local path, file://, s3://)")
     parser.add_argument("--quick", action="store_true",
                         help="check shard presence and sizes only, not sha256 and tar contents")
     parser.add_argument("--sample", type=int, metavar="N", help="extract sample N")
@@ -26,6 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not storage.exists(manifest_url(args.url)) and storage.exists(storage.join(args.url, METADATA_NAME)):
+        return inspect_bundle(args)
     manifest = read_manifest(args.url)
     if args.sample is not None:
         if not args.out:
@@ -35,6 +39,17 @@ def run(args: argparse.Namespace) -> int:
     verify_run(args.url, manifest, deep=not args.quick, progress=True)
     print(summary(args.url, manifest, verified="shards present, sizes match" if args.quick
                   else "every shard's sha256 and tar contents match"))
+    return 0
+
+
+def inspect_bundle(args: argparse.Namespace) -> int:
+    if args.sample is not None:
+        raise BadInputError(args.url, "a generator bundle has no samples: --sample reads a run")
+    metadata = read_metadata(args.url)
+    if not args.quick:
+        verify_files(args.url, metadata)
+    print(describe(args.url, metadata, "bundle.json's own hash" if args.quick
+                   else "bundle.json's own hash and every file's size and sha256"))
     return 0
 
 
