@@ -354,6 +354,25 @@ def _(tmp, orig):
     return [*PHANTOM, "--count", "4", "--out", str(run)], "belongs to run"
 
 
+@row("evaluate-pairs-without-judge")
+def _(tmp, orig):
+    run = copy(orig, "run", tmp)
+    return ["evaluate", str(run), "--out", str(tmp / "report.html")], f"{run}: a pair run's report needs the judge"
+
+
+@row("evaluate-pairs-with-window")
+def _(tmp, orig):
+    run = copy(orig, "run", tmp)
+    return (["evaluate", str(run), "--out", str(tmp / "report.html"), "--judge", str(tmp / "judge"),
+             "--window", "-1000", "1000"], "window: for translation runs")
+
+
+@row("export-nifti-not-a-translation-run")
+def _(tmp, orig):
+    run = copy(orig, "run", tmp)
+    return ["export-nifti", str(run), str(tmp / "nifti")], f"{run}: holds no volumes to export (a pair run"
+
+
 @pytest.mark.parametrize("name", ROWS)
 def test_bad_input_is_refused_in_one_line_and_changes_nothing(name, originals, tmp_path, capsys):
     argv, expected, *may_leave = ROWS[name](tmp_path, originals)
