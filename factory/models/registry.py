@@ -18,6 +18,7 @@ GENERATORS: dict[str, str] = {
     "emixer": "factory.models.emixer",
     "duiit": "factory.models.duiit",
     "judge": "factory.models.judge",
+    "justify": "factory.models.justify.model",
     "xraygan-cgan": "factory.models.xraygan.cgan",
     "xraygan-ucgan": "factory.models.xraygan.ucgan",
 }
