@@ -4,6 +4,9 @@ the recipe's stages: its result decodes to another diagnosis, deterministically,
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,10 +15,12 @@ from justify_helpers import TINY, phantom_data, run_steps, setup, to_uint8
 from factory.cli import main
 from factory.data.text.vocab import Vocabulary
 from factory.models import registry
-from factory.models.bundle import load_bundle
+from factory.errors import BadInputError
+from factory.models.bundle import load_bundle, write_bundle
 from factory.models.justify import arae
 from factory.models.justify import model as justify
 from factory.models.justify.config import DEFAULT_CONFIG, make_config, stage_at
+from factory.produce.explain import explain_images
 from factory.train.recipes.justify import primary_labels
 
 PAPER_DIAGNOSES = ("No Finding", "Cardiomegaly")  # the paper's normal / cardiomegaly
@@ -150,3 +155,28 @@ def test_m_finds_a_representation_of_the_other_diagnosis(trained):
     assert np.allclose(alone.representation[0], result.representation[1], atol=2e-3)
     with pytest.raises(ValueError, match="target must hold one diagnosis in 0..1 per image"):
         justify.counterfactual(nets, images, settings, target=np.array([0, 2]))
+
+
+def test_explain_images_gives_each_image_its_diagnosis_caption_and_counterfactual(trained, tmp_path):
+    config, nets, data = trained
+    write_bundle(str(tmp_path / "b"), "justify", nets, {**config, "m_steps": 20}, list(PAPER_DIAGNOSES),
+                 data.info["vocabulary"], training_data={"fingerprint": "test"}, metrics={}, trained=True)
+    bundle = load_bundle(str(tmp_path / "b"))
+    images = to_uint8(data.parts["studies"].images[:2])
+    found = explain_images(bundle, images, batch_size=1)
+    direct = justify.counterfactual(bundle.nets, images, bundle.model_config)
+    for i, item in enumerate(found):
+        assert item.diagnosis == PAPER_DIAGNOSES[direct.diagnosis[i]] and item.reached
+        assert item.alternative == PAPER_DIAGNOSES[direct.target[i]] != item.diagnosis
+        assert set(item.probabilities) == set(PAPER_DIAGNOSES) and math.isclose(sum(item.probabilities.values()), 1,
+                                                                                rel_tol=1e-5)
+        assert isinstance(item.caption, str) and item.counterfactual.shape == (32, 32)
+        assert json.loads(json.dumps(item.to_json()))["alternative_reached"] is True
+    with pytest.raises(BadInputError, match="need square 8-bit grayscale images"):
+        explain_images(bundle, images.astype(np.float32))
+
+
+def test_a_bundle_that_makes_no_explanations_is_refused(tmp_path):
+    assert main(["bundle", "init", "xraygan-cgan", "--out", str(tmp_path / "c"), "--size", "16", "--width", "2"]) == 0
+    with pytest.raises(BadInputError, match="a xraygan-cgan bundle makes images, not explanations"):
+        explain_images(load_bundle(str(tmp_path / "c")), np.zeros((1, 16, 16), np.uint8))

@@ -8,7 +8,8 @@ CLI never branch on model names:
   of training; the recipe knows the model);
 - what it produces, as typed products: each product is the set of functions a producer calls
   (`PairSampling` for label -> image + report, `ImageSampling` for labelled images without reports,
-  `Translation` for source image -> CT); the produce
+  `Translation` for source image -> CT, `Explanation` for X-ray -> diagnosis, justification and
+  counterfactual); the produce
   layer maps each product type to its producer;
 - how an untrained bundle of its shape is made (`untrained`), and which `medsynth bundle init`
   options that shape takes.
@@ -80,8 +81,36 @@ class ImageSampling:
         return self.pseudo_label is None
 
 
-Product = PairSampling | Translation | ImageSampling
-P = TypeVar("P", PairSampling, Translation, ImageSampling)
+@dataclass
+class Explained:
+    """What `Explanation.explain` returns for B X-rays: the diagnosis probabilities (B, L) float32
+    over the bundle's label names, the justification caption's word ids (B, T) int64, the nearest
+    alternative diagnosis (B,) int64, whether its counterfactual reads as it (B,) bool, and the
+    counterfactual X-ray (B, S, S) uint8."""
+
+    probabilities: "np.ndarray"
+    caption_ids: "np.ndarray"
+    alternative: "np.ndarray"
+    reached: "np.ndarray"
+    counterfactual: "np.ndarray"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Product "explanations": a diagnosis for each X-ray, a caption that justifies it and the X-ray
+    of the nearest alternative diagnosis.
+
+    `explain(nets, images (B, H, W) uint8, config, seed)` -> `Explained`, each image's result a
+    function of that image and the seed alone (eval mode). `decode_captions(ids, vocabulary)` -> one
+    caption per image."""
+
+    kind: ClassVar[str] = "explanations"
+    explain: Callable[[Networks, "np.ndarray", Mapping[str, Any], int], Explained]
+    decode_captions: Callable[["np.ndarray", "Vocabulary"], list[str]]
+
+
+Product = PairSampling | Translation | ImageSampling | Explanation
+P = TypeVar("P", PairSampling, Translation, ImageSampling, Explanation)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ Inference (§3.3-3.4), on 8-bit X-rays of any square size (resized to stage1_siz
 - `justify_caption(nets, images)`: the diagnosis and the caption decoded from r's code.
 - `counterfactual(nets, images, config, target=None)`: M's r' for the nearest alternative diagnosis
   (the most likely other one, or `target`) and the X-ray G(r') at image_size.
+- `explain(nets, images, config, seed)`: all three, the model's product (spec.Explanation).
 - `generate_from_captions(nets, descriptions, noise)`: the text-to-image generator on its own.
 """
 
@@ -29,7 +30,7 @@ from factory.models.justify.config import make_config
 from factory.models.justify.counterfactual import counterfactual_search
 from factory.models.justify.inverse import InverseMapping
 from factory.models.justify.stackgan import Discriminator, Stage1Generator, Stage2Generator
-from factory.models.spec import GeneratorSpec, UntrainedShape
+from factory.models.spec import Explained, Explanation, GeneratorSpec, UntrainedShape
 
 
 def build_networks(config: Mapping[str, Any]) -> dict[str, nn.Module]:
@@ -163,6 +164,15 @@ def counterfactual(nets: Mapping[str, nn.Module], images: np.ndarray | torch.Ten
                           search.success.cpu().numpy(), search.representation.float().cpu().numpy(), to_uint8(high))
 
 
+def explain(nets: Mapping[str, nn.Module], images: np.ndarray, config: Mapping[str, Any], seed: int = 0) -> Explained:
+    """The product: for 8-bit X-rays (B, H, W), the diagnosis probabilities, the justification
+    caption, the nearest alternative diagnosis and its counterfactual X-ray (M)."""
+    config = make_config(config)
+    _, ids = justify_caption(nets, images, config["caption_words"])
+    found = counterfactual(nets, images, config, seed=seed)
+    return Explained(found.probabilities, ids, found.target, found.success, found.images)
+
+
 def generate_from_captions(nets: Mapping[str, nn.Module], descriptions: torch.Tensor, noise: torch.Tensor) -> np.ndarray:
     """The text-to-image generator: descriptions (B, T) as `arae.encode_descriptions` writes them and
     noise (B, noise_dim) -> X-rays (B, image_size, image_size) uint8; eval mode, per sample."""
@@ -202,4 +212,5 @@ SPEC = GeneratorSpec(
     untrained=untrained_shape,
     untrained_options=("width",),
     recipe="factory.train.recipes.justify:JustifyRecipe",
+    products=(Explanation(explain=explain, decode_captions=decode_captions),),
 )

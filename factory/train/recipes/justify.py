@@ -70,10 +70,13 @@ def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
 
 
 def gradient_penalty(critic: Engine, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """WGAN-GP: (||grad_c Cz(c)|| - 1)^2 at random points between real and fake codes."""
+    """WGAN-GP: (||grad_c Cz(c)|| - 1)^2 at random points between real and fake codes. The inner
+    gradient goes through the plain module: only the outer backward (the engine's) may reach the
+    parameters, since DeepSpeed ends its backward (the gradient reduction) at the first one that runs
+    through the engine's forward."""
     t = torch.rand(real.shape[0], 1, generator=generator, device=generator.device).to(real)
     mixed = (t * real + (1 - t) * fake).requires_grad_(True)
-    grad, = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    grad, = torch.autograd.grad(critic.module(mixed).sum(), mixed, create_graph=True)
     return (grad.float().norm(dim=1) - 1).pow(2).mean()
 
 
@@ -260,11 +263,11 @@ class JustifyRecipe(ConstantAdamRecipe):
             generated, _ = G1(r)
         weight = diagnosis_weight(self._epoch(within, images.shape[0]))
         with frozen(*(engines[k] for k in NET_NAMES if k != "I")):
-            estimate = I(x)
+            estimate = I(x, generator)
             dx_logits = AE.module.diagnosis_logits(estimate[:, :v])
             dx = F.cross_entropy(dx_logits.float(), diagnosis)
             cycle_image = F.mse_loss(G1(estimate)[0].float(), x.float())
-            cycle_code = F.mse_loss(I(generated)[:, :v].float(), r[:, :v].float())
+            cycle_code = F.mse_loss(I(generated, generator)[:, :v].float(), r[:, :v].float())
             total = weight * dx + cycle_image + cycle_code
             I.backward(total)
         I.step()
