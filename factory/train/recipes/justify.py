@@ -104,7 +104,9 @@ class JustifyRecipe(ConstantAdamRecipe):
         return (STUDIES,)
 
     def data_info(self, parts: Mapping[str, Any], data: TrainDataConfig) -> dict[str, Any]:
-        """The caption vocabulary, built once from every training report's captions."""
+        """The caption vocabulary, built once from every training report's captions (cut as the default
+        caption settings cut them: data_info does not see the model's overrides; shorter captions use
+        a subset of these words)."""
         cache = parts[STUDIES]
         reports = [str(r) for r, has in zip(cache.reports, cache.has_report) if has]
         config = make_config()
