@@ -180,3 +180,9 @@ def test_a_bundle_that_makes_no_explanations_is_refused(tmp_path):
     assert main(["bundle", "init", "xraygan-cgan", "--out", str(tmp_path / "c"), "--size", "16", "--width", "2"]) == 0
     with pytest.raises(BadInputError, match="a xraygan-cgan bundle makes images, not explanations"):
         explain_images(load_bundle(str(tmp_path / "c")), np.zeros((1, 16, 16), np.uint8))
+
+
+def test_the_autoencoders_lstms_compute_the_same_in_both_modes():
+    """They stay in training mode (cuDNN's RNN backward needs it) and have no dropout to differ by."""
+    ae = justify.build_networks(make_config(TINY, image_size=32, stage1_size=16, vocab_size=20))["AE"].eval()
+    assert not ae.training and ae.decoder.training and ae.encoder.training and ae.decoder.dropout == 0

@@ -61,7 +61,7 @@ def test_the_diagnosis_loss_grows_with_the_inverse_stages_epoch(data):
 
 
 def test_a_resumed_run_continues_the_stage_it_was_in_exactly(data):
-    """What a checkpoint holds (the networks' and optimisers' state; the recipe keeps none) is enough:
+    """What a checkpoint holds (the networks' and optimisers' state, the recipe's steps done) is enough:
     steps 2-3 after a restart at step 2 equal those of an uninterrupted run."""
     recipe, nets, engines = setup(data)
     straight = run_steps(recipe, engines, data, range(4))
@@ -69,8 +69,11 @@ def test_a_resumed_run_continues_the_stage_it_was_in_exactly(data):
     run_steps(recipe, engines, data, range(2))
     saved = ({name: net.state_dict() for name, net in nets.items()},
              {name: engine.optimizer.state_dict() for name, engine in engines.items()})
-    assert recipe.state_dict() == {}
+    state = recipe.state_dict()
     recipe, nets, engines = setup(data, seed=1)  # other initial weights: all must come from the checkpoint
+    recipe.load_state_dict(state)
+    assert recipe.steps_done == 2 and recipe.export_metadata(data)["training_data"]["stages_trained"] == [
+        "arae", "stage1"]
     for name in nets:
         nets[name].load_state_dict(saved[0][name])
         engines[name].optimizer.load_state_dict(saved[1][name])

@@ -78,6 +78,15 @@ class TextAutoencoder(nn.Module):
         self.diagnosis_head = nn.Linear(v, self.num_labels)
         self.word_head = nn.Linear(v, self.vocab_size)
 
+    def train(self, mode: bool = True) -> TextAutoencoder:
+        """The LSTMs stay in training mode: they have no dropout, so both modes compute the same, and
+        cuDNN's RNN backward refuses eval mode (M and I's step differentiate through the decoder of a
+        fixed AE)."""
+        super().train(mode)
+        self.encoder.train(True)
+        self.decoder.train(True)
+        return self
+
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Descriptions (B, T) -> codes (B, code_dim), unit length."""
         outputs, _ = self.encoder(self.embed(tokens))

@@ -93,7 +93,7 @@ class JustifyRecipe(ConstantAdamRecipe):
         self.config: dict[str, Any] | None = None
         self.vocabulary: Vocabulary | None = None
         self.studies = 0  # the training set's size (an epoch of eq. 1)
-        self.last_step = -1
+        self.steps_done = 0  # what the bundle's stages_trained is read from; kept in checkpoints
 
     def build(self, model_config: Mapping[str, Any], seed: int | None = None) -> dict[str, nn.Module]:
         self.config = make_config(model_config)
@@ -130,6 +130,13 @@ class JustifyRecipe(ConstantAdamRecipe):
         return {"image": part.images[index] * 2 - 1, "diagnosis": diagnosis,
                 "descriptions": torch.from_numpy(descriptions), "counts": torch.from_numpy(counts)}
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The steps done, so that a bundle exported by a resumed run knows the stages trained."""
+        return {"steps_done": torch.tensor([self.steps_done])}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.steps_done = int(state["steps_done"][0])
+
     def learning_rates(self, step: int, total_steps: int) -> dict[str, float]:
         """Constant; refuses a run longer than the schedule."""
         planned = sum(self._config()["schedule"].values())
@@ -145,7 +152,7 @@ class JustifyRecipe(ConstantAdamRecipe):
         done, first = [], 0
         for stage in STAGES:
             first += schedule[stage]
-            if schedule[stage] and self.last_step + 1 >= first:
+            if schedule[stage] and self.steps_done >= first:
                 done.append(stage)
         return {"label_names": list(part.label_names), "vocabulary": data.info["vocabulary"],
                 "training_data": {"label_prior": label_prior(part), "stages_trained": done}}
@@ -169,7 +176,7 @@ class JustifyRecipe(ConstantAdamRecipe):
         tokens = self._pick_captions(batch, generator).to(first.device)
         diagnosis = batch["diagnosis"].to(first.device)
         losses = getattr(self, f"_{stage}")(engines, images, tokens, diagnosis, within, generator)
-        self.last_step = step
+        self.steps_done = step + 1
         return {"stage": float(STAGES.index(stage)), **{k: float(v.detach()) for k, v in losses.items()}}
 
     def _pick_captions(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
