@@ -90,7 +90,8 @@ def test_network_shapes(ca):
     tokens = torch.tensor([[20, 5, 6, 2, 0], [21, 2, 0, 0, 0]])
     code, dx, words = nets["AE"](tokens)
     assert torch.allclose(code.norm(dim=1), torch.ones(2)) and dx.shape == (2, 9) and words.shape == (2, 4, 20)
-    assert torch.allclose(dx, nets["AE"].diagnosis_logits(code), atol=1e-6)  # the decoder's first output is the diagnosis
+    # the decoder's first output is the diagnosis
+    assert torch.allclose(dx, nets["AE"].diagnosis_logits(code), atol=1e-6)
     assert nets["Cz"](code).shape == (2,) and nets["Gz"](torch.randn(2, 8)).shape == (2, 16)
     ids = nets["AE"].decode(code, torch.tensor([0, 1]), 6)
     assert ids.shape == (2, 7)
@@ -127,8 +128,8 @@ def test_the_trained_decoder_reads_the_diagnosis_from_the_code(trained):
     config, nets, data = trained
     part = data.parts["studies"]
     truth = primary_labels(part.labels, part.label_names)
-    descriptions, _ = arae.encode_descriptions(part.reports, truth.tolist(), Vocabulary.from_json(data.info["vocabulary"]),
-                                               config)
+    vocabulary = Vocabulary.from_json(data.info["vocabulary"])
+    descriptions, _ = arae.encode_descriptions(part.reports, truth.tolist(), vocabulary, config)
     nets["AE"].eval()
     with torch.no_grad():
         decoded = nets["AE"].diagnosis_logits(nets["AE"].encode(torch.from_numpy(descriptions[:, 0]))).argmax(dim=1)
@@ -186,3 +187,15 @@ def test_the_autoencoders_lstms_compute_the_same_in_both_modes():
     """They stay in training mode (cuDNN's RNN backward needs it) and have no dropout to differ by."""
     ae = justify.build_networks(make_config(TINY, image_size=32, stage1_size=16, vocab_size=20))["AE"].eval()
     assert not ae.training and ae.decoder.training and ae.encoder.training and ae.decoder.dropout == 0
+
+
+def test_captions_become_images_sample_by_sample(trained):
+    config, nets, data = trained
+    part = data.parts["studies"]
+    vocabulary = Vocabulary.from_json(data.info["vocabulary"])
+    descriptions, _ = arae.encode_descriptions(part.reports[:3], [0, 1, 0], vocabulary, config)
+    tokens = torch.from_numpy(descriptions[:, 0])
+    noise = torch.randn(3, config["noise_dim"], generator=torch.Generator().manual_seed(0))
+    images = justify.generate_from_captions(nets, tokens, noise)
+    assert images.shape == (3, 32, 32) and images.dtype == np.uint8
+    assert np.array_equal(justify.generate_from_captions(nets, tokens[1:2], noise[1:2])[0], images[1])

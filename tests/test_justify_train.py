@@ -19,7 +19,8 @@ from factory.models.bundle import load_bundle
 from factory.train.recipes import get_recipe
 
 NETS = ("AE", "Gz", "Cz", "G1", "D1", "G2", "D2", "I")
-STAGE_METRICS = {2: {"stage", "d1", "g1", "kl1"}, 4: {"stage", "i_total", "i_diagnosis", "i_cycle_image", "i_cycle_code"}}
+STAGE_METRICS = {2: {"stage", "d1", "g1", "kl1"},
+                 4: {"stage", "i_total", "i_diagnosis", "i_cycle_image", "i_cycle_code"}}
 
 
 def _metrics(printed: str, head: str) -> dict[str, float]:

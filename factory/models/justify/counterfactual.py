@@ -68,7 +68,8 @@ def counterfactual_search(diagnosis_logits: Callable[[torch.Tensor], torch.Tenso
 
 def alternative_loss(diagnosis_logits, render, origin, candidate, x, want) -> torch.Tensor:
     """L_M of eq. 5 for one image."""
-    return (F.cross_entropy(diagnosis_logits(candidate).float(), want) + F.mse_loss(render(candidate).float(), x.float())
+    return (F.cross_entropy(diagnosis_logits(candidate).float(), want)
+            + F.mse_loss(render(candidate).float(), x.float())
             + F.mse_loss(candidate.float(), origin.float()))
 
 

@@ -73,7 +73,8 @@ def _eval(nets: Mapping[str, nn.Module], *names: str) -> torch.Tensor:
     return next(nets["I"].parameters())
 
 
-def representations(nets: Mapping[str, nn.Module], images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def representations(nets: Mapping[str, nn.Module],
+                    images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """r = I(x) for 8-bit X-rays, and the stage-1-sized images I read."""
     first = _eval(nets, "I")
     x = to_model_images(images, stage1_size(nets), first)
@@ -173,7 +174,8 @@ def explain(nets: Mapping[str, nn.Module], images: np.ndarray, config: Mapping[s
     return Explained(found.probabilities, ids, found.target, found.success, found.images)
 
 
-def generate_from_captions(nets: Mapping[str, nn.Module], descriptions: torch.Tensor, noise: torch.Tensor) -> np.ndarray:
+def generate_from_captions(nets: Mapping[str, nn.Module], descriptions: torch.Tensor,
+                           noise: torch.Tensor) -> np.ndarray:
     """The text-to-image generator: descriptions (B, T) as `arae.encode_descriptions` writes them and
     noise (B, noise_dim) -> X-rays (B, image_size, image_size) uint8; eval mode, per sample."""
     first = _eval(nets, "AE", "G1", "G2")

@@ -69,7 +69,8 @@ def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
 
 
-def gradient_penalty(critic: Engine, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def gradient_penalty(critic: Engine, real: torch.Tensor, fake: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
     """WGAN-GP: (||grad_c Cz(c)|| - 1)^2 at random points between real and fake codes. The inner
     gradient goes through the plain module: only the outer backward (the engine's) may reach the
     parameters, since DeepSpeed ends its backward (the gradient reduction) at the first one that runs
@@ -126,7 +127,8 @@ class JustifyRecipe(ConstantAdamRecipe):
         self.studies = len(part)
         diagnosis = primary_labels(part.labels[index], part.label_names)
         reports = [part.reports[i] if part.has_report[i] else "" for i in index]
-        descriptions, counts = arae.encode_descriptions(reports, diagnosis.tolist(), self._vocabulary(data), self._config())
+        descriptions, counts = arae.encode_descriptions(reports, diagnosis.tolist(), self._vocabulary(data),
+                                                        self._config())
         return {"image": part.images[index] * 2 - 1, "diagnosis": diagnosis,
                 "descriptions": torch.from_numpy(descriptions), "counts": torch.from_numpy(counts)}
 
@@ -187,7 +189,8 @@ class JustifyRecipe(ConstantAdamRecipe):
         return batch["descriptions"][torch.arange(counts.shape[0]), choice]
 
     def _noise(self, n: int, dim: int, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(n, dim, generator=generator, device=generator.device).to(device=like.device, dtype=like.dtype)
+        z = torch.randn(n, dim, generator=generator, device=generator.device)
+        return z.to(device=like.device, dtype=like.dtype)
 
     def _arae(self, engines, images, tokens, diagnosis, within, generator) -> dict[str, torch.Tensor]:
         config = self._config()
@@ -226,7 +229,8 @@ class JustifyRecipe(ConstantAdamRecipe):
         """r = [code of the captions (AE fixed), noise]."""
         with torch.no_grad():
             code = engines["AE"].module.encode(tokens)
-        return torch.cat([code, self._noise(code.shape[0], self._config()["noise_dim"], code, generator)], dim=1).to(like)
+        noise = self._noise(code.shape[0], self._config()["noise_dim"], code, generator)
+        return torch.cat([code, noise], dim=1).to(like)
 
     def _adversarial(self, engines, G: str, D: str, real: torch.Tensor, r: torch.Tensor, generate,
                      generator) -> dict[str, torch.Tensor]:
