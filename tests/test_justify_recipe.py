@@ -5,12 +5,15 @@ and eq. 1's epoch weighting."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
+import yaml
 from justify_helpers import phantom_data, run_steps, setup
 from recipe_helpers import changed, parameters, spy_on_backwards
 
+from factory.cli import main
 from factory.models.justify.config import NET_NAMES, STAGE_NETS
 from factory.train.recipes.justify import diagnosis_weight
 
@@ -78,3 +81,19 @@ def test_a_resumed_run_continues_the_stage_it_was_in_exactly(data):
         nets[name].load_state_dict(saved[0][name])
         engines[name].optimizer.load_state_dict(saved[1][name])
     assert run_steps(recipe, engines, data, range(2, 4)) == straight[2:]
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"schedule": {"arae": 1, "stage1": 1, "stage2": 1, "inverse": 1}}, r"model: steps \(5\) exceed the justify "
+                                                                        r"schedule's 4"),
+    ({"code_size": 3}, r"model: unknown justify config keys: \['code_size'\]"),
+])
+def test_medsynth_train_refuses_a_bad_justify_config_in_one_line_before_anything_starts(model, message, tmp_path,
+                                                                                          capsys):
+    config_path = tmp_path / "train.yaml"
+    config_path.write_text(yaml.safe_dump({"name": "j", "recipe": "justify", "storage_path": str(tmp_path / "runs"),
+                                           "steps": 5, "model": model}))
+    assert main(["train", str(config_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert re.search(message, error) and len(error.splitlines()) == 1
+    assert not (tmp_path / "runs" / "j").exists()  # no data cached, no Ray run

@@ -75,6 +75,11 @@ def train(config: TrainConfig, progress: bool = True):
     storage.check_writable(config.storage_path)
     if config.bundle_out:
         storage.check_writable(config.bundle_out)
+    if hasattr(recipe, "check_steps"):  # a recipe whose schedule bounds the run's length
+        try:
+            recipe.check_steps(config.model, config.steps)
+        except ValueError as err:
+            raise BadInputError("model", str(err)) from err
     prepared = prepare_data(config, recipe, progress)
     ray = connect_ray()
     storage_path, filesystem = _ray_storage(config)

@@ -28,7 +28,9 @@ class Recipe(Protocol):
     own per-worker state (tensors), saved with every checkpoint. `export_metadata`: what a bundle
     stores beside the weights and the model config. Optional: `progress_metrics`, the names (or name
     suffixes, e.g. `cycle` for `mri_cycle`) of the metrics the training progress bar shows; without it
-    the bar shows the first four (factory.train.progress)."""
+    the bar shows the first four (factory.train.progress); `check_steps(overrides, steps)`, called by
+    the driver before anything starts, raises ValueError when the run's length does not fit the
+    model config (e.g. a schedule of stages)."""
 
     name: str
 

@@ -139,12 +139,18 @@ class JustifyRecipe(ConstantAdamRecipe):
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self.steps_done = int(state["steps_done"][0])
 
+    def check_steps(self, overrides: Mapping[str, Any], steps: int) -> None:
+        """Before anything starts (the driver): the model overrides are valid and the run is no longer
+        than the schedule. Raises ValueError."""
+        schedule = make_config(overrides)["schedule"]
+        planned = sum(schedule.values())
+        if steps > planned:
+            raise ValueError(f"steps ({steps}) exceed the justify schedule's {planned} ({schedule}); "
+                             "raise model.schedule or lower steps")
+
     def learning_rates(self, step: int, total_steps: int) -> dict[str, float]:
         """Constant; refuses a run longer than the schedule."""
-        planned = sum(self._config()["schedule"].values())
-        if total_steps > planned:
-            raise ValueError(f"steps ({total_steps}) exceed the justify schedule's {planned} "
-                             f"({self._config()['schedule']}); raise model.schedule or lower steps")
+        self.check_steps(self._config(), total_steps)
         return super().learning_rates(step, total_steps)
 
     def export_metadata(self, data: TrainingData) -> dict[str, Any]:
