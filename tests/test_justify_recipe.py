@@ -87,7 +87,7 @@ def test_a_resumed_run_continues_the_stage_it_was_in_exactly(data):
     ({"schedule": {"arae": 1, "stage1": 1, "stage2": 1, "inverse": 1}}, r"model: steps \(5\) exceed the justify "
                                                                         r"schedule's 4"),
     ({"code_size": 3}, r"model: unknown justify config keys: \['code_size'\]"),
-])
+], ids=["steps-past-schedule", "unknown-model-key"])
 def test_medsynth_train_refuses_a_bad_justify_config_in_one_line_before_anything_starts(model, message, tmp_path,
                                                                                           capsys):
     config_path = tmp_path / "train.yaml"
