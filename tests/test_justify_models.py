@@ -140,22 +140,22 @@ def test_m_finds_a_representation_of_the_other_diagnosis(trained):
     config, nets, data = trained
     settings = {**config, "m_steps": 20}
     images = to_uint8(data.parts["studies"].images[:2])
-    result = justify.counterfactual(nets, images, settings)
+    result = justify.counterfactual(nets, images, config=settings)
     assert result.success.all() and (result.target != result.diagnosis).all()
     assert result.target.tolist() == (1 - result.diagnosis).tolist()  # the nearest (only) alternative
     with torch.no_grad():
         decoded = nets["AE"].diagnosis_logits(torch.from_numpy(result.representation[:, :16])).argmax(dim=1)
     assert decoded.tolist() == result.target.tolist() and result.images.shape == (2, 32, 32)
     assert result.images.dtype == np.uint8
-    again = justify.counterfactual(nets, images, settings)
+    again = justify.counterfactual(nets, images, config=settings)
     assert np.array_equal(again.representation, result.representation) and np.array_equal(again.images, result.images)
     # Image by image: alone, the second image reaches the same r' (up to the float error that the
     # batched convolutions of I add and L-BFGS carries along).
-    alone = justify.counterfactual(nets, images[1:], settings)
+    alone = justify.counterfactual(nets, images[1:], config=settings)
     assert alone.target[0] == result.target[1] and alone.success[0]
     assert np.allclose(alone.representation[0], result.representation[1], atol=2e-3)
     with pytest.raises(ValueError, match="target must hold one diagnosis in 0..1 per image"):
-        justify.counterfactual(nets, images, settings, target=np.array([0, 2]))
+        justify.counterfactual(nets, images, np.array([0, 2]), config=settings)
 
 
 def test_explain_images_gives_each_image_its_diagnosis_caption_and_counterfactual(trained, tmp_path):
@@ -165,7 +165,7 @@ def test_explain_images_gives_each_image_its_diagnosis_caption_and_counterfactua
     bundle = load_bundle(str(tmp_path / "b"))
     images = to_uint8(data.parts["studies"].images[:2])
     found = explain_images(bundle, images, batch_size=1)
-    direct = justify.counterfactual(bundle.nets, images, bundle.model_config)
+    direct = justify.counterfactual(bundle.nets, images, config=bundle.model_config)
     for i, item in enumerate(found):
         assert item.diagnosis == PAPER_DIAGNOSES[direct.diagnosis[i]] and item.reached
         assert item.alternative == PAPER_DIAGNOSES[direct.target[i]] != item.diagnosis

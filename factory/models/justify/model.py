@@ -7,8 +7,8 @@ G1, D1, G2, D2 (the two StackGAN stages), I (the inverse mapping). The recipe tr
 Inference (§3.3-3.4), on 8-bit X-rays of any square size (resized to stage1_size for I):
 - `diagnose(nets, images)`: p(d | r) over the diagnoses, r = I(x).
 - `justify_caption(nets, images)`: the diagnosis and the caption decoded from r's code.
-- `counterfactual(nets, images, config, target=None)`: M's r' for the nearest alternative diagnosis
-  (the most likely other one, or `target`) and the X-ray G(r') at image_size.
+- `counterfactual(nets, images, target=None, config=None, seed=0)`: M's r' for the nearest
+  alternative diagnosis (the most likely other one, or `target`) and the X-ray G(r') at image_size.
 - `explain(nets, images, config, seed)`: all three, the model's product (spec.Explanation).
 - `generate_from_captions(nets, descriptions, noise)`: the text-to-image generator on its own.
 """
@@ -127,11 +127,13 @@ def nearest_alternative(probabilities: torch.Tensor) -> torch.Tensor:
     return probabilities.topk(2, dim=1).indices[:, 1]
 
 
-def counterfactual(nets: Mapping[str, nn.Module], images: np.ndarray | torch.Tensor, config: Mapping[str, Any],
-                   target: np.ndarray | torch.Tensor | None = None, seed: int = 0) -> Counterfactual:
+def counterfactual(nets: Mapping[str, nn.Module], images: np.ndarray | torch.Tensor,
+                   target: np.ndarray | torch.Tensor | None = None, *, config: Mapping[str, Any] | None = None,
+                   seed: int = 0) -> Counterfactual:
     """M (§3.4) for 8-bit X-rays (B, H, W): r' for `target` (B,) diagnoses, or the nearest
     alternative to each image's diagnosis when None, and G(r') = G2(G1(r'), r'). `config`: the model
-    config (M's settings m_lr, m_steps, m_max_iter, m_restarts, m_restart_scale). Each image's result
+    config, for M's settings (m_lr, m_steps, m_max_iter, m_restarts, m_restart_scale; the paper's
+    when None). Each image's result
     is a function of (image, target, seed) alone; the networks are not changed."""
     config = make_config(config)
     AE, G1, G2 = nets["AE"], nets["G1"], nets["G2"]
@@ -170,7 +172,7 @@ def explain(nets: Mapping[str, nn.Module], images: np.ndarray, config: Mapping[s
     caption, the nearest alternative diagnosis and its counterfactual X-ray (M)."""
     config = make_config(config)
     _, ids = justify_caption(nets, images, config["caption_words"])
-    found = counterfactual(nets, images, config, seed=seed)
+    found = counterfactual(nets, images, config=config, seed=seed)
     return Explained(found.probabilities, ids, found.target, found.success, found.images)
 
 
