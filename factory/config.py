@@ -232,13 +232,35 @@ BrainModality = Literal["ct", "mri", "pet"]
 DEFAULT_BRAIN_COUNTS = {"ct": 300, "mri": 1000, "pet": 1000}
 
 
+class ReportsDataConfig(JobConfig):
+    """Unpaired training data (recipe medrat): the source of the report side when it is not the image
+    source itself. phantom-cxr: `count` phantom reports (their films are never drawn); dataset: `path`
+    in a layout with reports. Patients found in both sources are split between the sides
+    (factory.data.unpaired)."""
+
+    source: Literal["phantom-cxr", "dataset"] = "dataset"
+    path: str | None = Field(None, description="dataset root (source: dataset)")
+    layout: Literal["mimic-cxr", "iu-xray", "folder"] | None = None
+    count: int = Field(5000, gt=0, description="phantom chest X-ray reports (source: phantom-cxr)")
+    seed: int = Field(0, ge=0, description="phantom seed (source: phantom-cxr); another seed than the images' "
+                                           "gives other patients")
+
+    @model_validator(mode="after")
+    def _dataset_needs_path(self):
+        if self.source == "dataset" and not (self.path and self.layout):
+            raise ValueError("source: dataset needs path and layout")
+        return self
+
+
 class TrainDataConfig(JobConfig):
     """Training data: a built-in phantom, or a real dataset in one of the adapters' layouts.
 
     phantom-cxr: `count` chest X-ray studies. phantom-brain: `counts` head phantoms per modality, one
     2-D axial slice each (DUIIT: a small CT set, larger MRI and PET sets; modalities are different
     patients). dataset: `path` in `layout`; the volumes layout gives one part per modality, 2-D axial
-    slices (`slices_per_volume` from each 3-D volume). See factory.data.training."""
+    slices (`slices_per_volume` from each 3-D volume). Chest X-ray data also gives the two sides of
+    unpaired training (images of some patients, reports of others), the reports from `reports` when
+    given. See factory.data.training."""
 
     source: Literal["phantom-cxr", "phantom-brain", "dataset"] = "phantom-cxr"
     path: str | None = Field(None, description="dataset root (source: dataset)")
@@ -248,7 +270,9 @@ class TrainDataConfig(JobConfig):
         None, description=f"phantom brain patients per modality (source: phantom-brain; default {DEFAULT_BRAIN_COUNTS})")
     slices_per_volume: int = Field(1, ge=1, description="axial slices taken from each 3-D volume (layout: volumes)")
     size: int = Field(64, ge=16, le=1024, description="image side the model sees")
-    seed: int = Field(0, ge=0, description="phantom seed")
+    seed: int = Field(0, ge=0, description="phantom seed; also the seed of the unpaired split by patient")
+    reports: ReportsDataConfig | None = Field(
+        None, description="unpaired training (medrat): the report side's own source (default: this data's reports)")
     min_word_count: int = Field(6, ge=1, description="vocabulary keeps words seen this often (EMIXER: 6)")
     skip_bad: bool = Field(False, description="skip unreadable studies (counted in the cache) instead of stopping")
 
@@ -265,6 +289,8 @@ class TrainDataConfig(JobConfig):
             raise ValueError("source: dataset needs path and layout")
         if self.counts is not None and self.source != "phantom-brain":
             raise ValueError("counts is for source: phantom-brain (phantom-cxr takes count)")
+        if self.reports is not None and (self.source == "phantom-brain" or self.layout == "volumes"):
+            raise ValueError("reports is for chest X-ray training data (phantom-cxr or a chest X-ray layout)")
         if self.source == "phantom-brain" and not 32 <= self.size <= 512:
             raise ValueError("source: phantom-brain needs 32 <= size <= 512 (the phantom's slice sizes)")
         return self

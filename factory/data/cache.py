@@ -6,6 +6,7 @@ is decoded once into a Zarr group and re-read as arrays:
   URL/images      float32 (N, *image shape), one chunk per `chunk` studies
   URL/labels      float32 (N, len(label_names))
   URL/study_ids   strings (N,)
+  URL/patient_ids strings (N,), each study's patient (`meta["patient_id"]`, else its study id)
   URL/reports     strings (N,), "" where the study has none
   URL/has_report  bool (N,), which tells an empty report from none
   attrs           label_names, count, skipped (source -> problem), complete
@@ -52,6 +53,7 @@ def write_cache(dataset: StudyDataset, url: str, chunk: int = 64,
     total = len(dataset)
     images = labels = None
     ids: list[str] = []
+    patients: list[str] = []
     reports: list[str] = []
     has_report: list[bool] = []
     skipped = dict(dataset.skipped)
@@ -88,6 +90,7 @@ def write_cache(dataset: StudyDataset, url: str, chunk: int = 64,
         buffer_images.append(image)
         buffer_labels.append(study.labels.detach().cpu().numpy().astype(np.float32, copy=False))
         ids.append(study.study_id)
+        patients.append(str(study.meta.get("patient_id", study.study_id)))
         reports.append(study.report or "")
         has_report.append(study.report is not None)
         if len(buffer_images) == chunk:
@@ -97,7 +100,7 @@ def write_cache(dataset: StudyDataset, url: str, chunk: int = 64,
         raise BadInputError(url, "no readable study to cache")
     images.resize((written, *images.shape[1:]))
     labels.resize((written, labels.shape[1]))
-    for name, values in (("study_ids", ids), ("reports", reports)):
+    for name, values in (("study_ids", ids), ("patient_ids", patients), ("reports", reports)):
         array = group.create_array(name, shape=(written,), chunks=(written,), dtype=str)
         array[:] = np.array(values, dtype=object)
     group.create_array("has_report", shape=(written,), chunks=(written,), dtype=bool)[:] = np.array(has_report)
@@ -124,6 +127,8 @@ class CachedDataset(StudyDataset):
         self.images = self.group["images"]
         self.labels = self.group["labels"]
         self.study_ids = self.group["study_ids"][:]
+        # Caches written before patients were recorded: each study its own patient.
+        self.patient_ids = self.group["patient_ids"][:] if "patient_ids" in self.group else self.study_ids
         self.reports = self.group["reports"][:]
         self.has_report = self.group["has_report"][:]
         self._block: tuple[int, np.ndarray] | None = None

@@ -19,6 +19,12 @@ from factory.errors import BadInputError
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
 
 
+def no_image() -> torch.Tensor:
+    """The image of a study loaded without one (a report-only study of unpaired training data): one
+    zero pixel, so that a cache of such studies keeps its fixed image shape at no cost."""
+    return torch.zeros(1, 1, 1)
+
+
 @dataclass
 class Study:
     study_id: str

@@ -21,6 +21,7 @@ GENERATORS: dict[str, str] = {
     "justify": "factory.models.justify.model",
     "xraygan-cgan": "factory.models.xraygan.cgan",
     "xraygan-ucgan": "factory.models.xraygan.ucgan",
+    "medrat": "factory.models.medrat",
 }
 
 

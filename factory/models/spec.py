@@ -9,7 +9,7 @@ CLI never branch on model names:
 - what it produces, as typed products: each product is the set of functions a producer calls
   (`PairSampling` for label -> image + report, `ImageSampling` for labelled images without reports,
   `Translation` for source image -> CT, `Explanation` for X-ray -> diagnosis, justification and
-  counterfactual); the produce
+  counterfactual, `Captioning` for given image -> report); the produce
   layer maps each product type to its producer;
 - how an untrained bundle of its shape is made (`untrained`), and which `medsynth bundle init`
   options that shape takes.
@@ -109,8 +109,23 @@ class Explanation:
     decode_captions: Callable[["np.ndarray", "Vocabulary"], list[str]]
 
 
-Product = PairSampling | Translation | ImageSampling | Explanation
-P = TypeVar("P", PairSampling, Translation, ImageSampling, Explanation)
+@dataclass(frozen=True)
+class Captioning:
+    """Product "captions": a report for each given image (an image generator's, or a dataset's film).
+
+    `caption(nets, images (B, H, W) uint8)` -> report token ids (B, T) int64 over the bundle's
+    vocabulary: a function of its inputs alone (eval mode, greedy words, no random numbers), so image
+    i's report does not depend on the rest of its batch. Images of another size than the model's are
+    resized to it first (bilinear, antialiased), so any image generator's output can be captioned.
+    `decode_reports(ids, vocabulary)` -> one report string per image."""
+
+    kind: ClassVar[str] = "captions"
+    caption: Callable[[Networks, "np.ndarray"], "np.ndarray"]
+    decode_reports: Callable[["np.ndarray", "Vocabulary"], list[str]]
+
+
+Product = PairSampling | Translation | ImageSampling | Explanation | Captioning
+P = TypeVar("P", PairSampling, Translation, ImageSampling, Explanation, Captioning)
 
 
 @dataclass(frozen=True)

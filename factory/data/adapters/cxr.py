@@ -13,8 +13,13 @@ chexpert    ROOT/train.csv (and/or valid.csv)           Path, Sex, Age, Frontal/
             ROOT/train/patient00001/study1/view1_frontal.jpg   (Path's leading CheXpert-v1.0-* is ROOT)
 nih         ROOT/Data_Entry_2017.csv                    Image Index, Finding Labels ("A|B" or "No Finding"), ...
             ROOT/**/00000001_000.png                    found anywhere below ROOT (images/, images_001/images/)
-folder      ROOT/labels.csv                             path (relative to ROOT), optional study_id, report,
-            ROOT/<path>                                 and any of the CXR_LABELS columns (1, 0, -1, blank)
+folder      ROOT/labels.csv                             path (relative to ROOT), optional study_id, patient_id,
+            ROOT/<path>                                 report, and any of the CXR_LABELS columns (1, 0, -1, blank)
+
+Patients (`patient_id(index)`, which unpaired training splits by): MIMIC-CXR's p<subject> folder,
+CheXpert's patientNNNNN folder, NIH's image-name prefix (nih-<patient>), IU X-ray's report file
+(iu-<report>: one report per patient study), the folder layout's patient_id column; a study without
+one is its own patient.
 
 Label mapping to CXR_LABELS:
 - CheXpert/MIMIC: Consolidation and Pneumonia -> Consolidation/Pneumonia (1 if either is 1, else -1 if
@@ -48,7 +53,7 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 
 from factory import storage
-from factory.data.dataset import Study, StudyDataset
+from factory.data.dataset import Study, StudyDataset, no_image
 from factory.data.labels import CXR_LABELS
 from factory.errors import BadInputError
 
@@ -149,6 +154,7 @@ class _Record:
     report: str | None = None  # report text already read (XML, CSV)
     report_file: str | None = None  # or a file to read it from at load time
     report_source: str | None = None  # where a missing report should be blamed
+    patient: str | None = None  # the layout's patient id; None: the study is its own patient
 
 
 class CxrDataset(StudyDataset):
@@ -199,17 +205,25 @@ class CxrDataset(StudyDataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def load(self, index: int) -> Study:
+    def patient_id(self, index: int) -> str:
+        """The patient of study `index`, from the index alone (nothing decoded): the layout's own
+        patient id where it has one (module docstring), else the study id."""
         record = self.records[index]
-        report = record.report
-        if record.report_file is not None:
-            report = self.read(record.report_file).decode("utf-8", errors="replace")
-            report = _report_sections(report)
-            if not report:
+        return record.patient or record.study_id
+
+    def load(self, index: int, image: bool = True, report: bool = True) -> Study:
+        """Study `index`; `image=False` decodes no image (factory.data.dataset.no_image in its place),
+        `report=False` reads no report (None): the two sides of unpaired training data."""
+        record = self.records[index]
+        text = record.report if report else None
+        if report and record.report_file is not None:
+            text = self.read(record.report_file).decode("utf-8", errors="replace")
+            text = _report_sections(text)
+            if not text:
                 raise BadInputError(self.url(record.report_file), "empty report")
-        image = decode_image(self.read(record.image), self.url(record.image), self.size)
-        return Study(study_id=record.study_id, image=image, labels=self.label_vector(record.labels), report=report,
-                     meta={"image": self.url(record.image)})
+        pixels = decode_image(self.read(record.image), self.url(record.image), self.size) if image else no_image()
+        return Study(study_id=record.study_id, image=pixels, labels=self.label_vector(record.labels), report=text,
+                     meta={"image": self.url(record.image), "patient_id": self.patient_id(index)})
 
 
 def _report_sections(text: str) -> str:
@@ -235,8 +249,9 @@ class MimicCxr(CxrDataset):
                 continue
             study_dir = posixpath.dirname(image)
             study = posixpath.basename(study_dir)
-            self.records.append(_Record(study_id=study, image=image,
-                                        labels=labels.get(study, {}), report_file=f"{study_dir}.txt"))
+            self.records.append(_Record(study_id=study, image=image, labels=labels.get(study, {}),
+                                        report_file=f"{study_dir}.txt",
+                                        patient=posixpath.basename(posixpath.dirname(study_dir))))
 
 
 class IuXray(CxrDataset):
@@ -257,10 +272,11 @@ class IuXray(CxrDataset):
             report = " ".join(p for p in (f"FINDINGS: {findings}" if findings else "",
                                           f"IMPRESSION: {impression}" if impression else "") if p)
             labels = self._mesh_labels([(el.text or "") for el in tree.iter("major")])
+            patient = "iu-" + posixpath.splitext(posixpath.basename(xml_path))[0]  # one report per patient
             for image in tree.iter("parentImage"):
                 image_id = image.get("id", "")
                 self.records.append(_Record(study_id=image_id, image=self.path("NLMCXR_png", f"{image_id}.png"),
-                                            labels=labels, report=report))
+                                            labels=labels, report=report, patient=patient))
 
     @staticmethod
     def _mesh_labels(terms: list[str]) -> dict[str, float]:
@@ -291,8 +307,10 @@ class Chexpert(CxrDataset):
                     self.problem(table, f"row {row['Path']!r}: {err.problem}")
                     continue
                 study_id = posixpath.dirname(rel).replace("/", "-")
+                folders = rel.split("/")  # train/patient00001/study1/view1_frontal.jpg
                 self.records.append(_Record(study_id=f"{study_id}-{posixpath.basename(rel).split('.')[0]}",
-                                            image=self.path(rel), labels=labels))
+                                            image=self.path(rel), labels=labels,
+                                            patient=folders[-3] if len(folders) >= 3 else None))
 
 
 class Nih(CxrDataset):
@@ -314,14 +332,15 @@ class Nih(CxrDataset):
                 if f in _NIH_MAP:
                     labels[_NIH_MAP[f]] = 1.0
             self.records.append(_Record(study_id=name.rsplit(".", 1)[0],
-                                        image=images.get(name, self.path("images", name)), labels=labels))
+                                        image=images.get(name, self.path("images", name)), labels=labels,
+                                        patient="nih-" + name.split("_")[0]))  # <patient>_<follow-up>.png
 
 
 class ImageFolder(CxrDataset):
     def __init__(self, root, size=None, skip_bad=False, storage_options=None, table="labels.csv"):
         super().__init__(root, size, skip_bad, storage_options)
         table_path = self.path(table)
-        rows = self.read_table(table_path, ["study_id", "path", "report", *CXR_LABELS], ["path"])
+        rows = self.read_table(table_path, ["study_id", "patient_id", "path", "report", *CXR_LABELS], ["path"])
         has_report = bool(rows) and "report" in rows[0]
         for number, row in enumerate(rows, start=2):  # line 1 is the header
             try:
@@ -334,7 +353,8 @@ class ImageFolder(CxrDataset):
                 continue
             study_id = row.get("study_id") or posixpath.splitext(posixpath.basename(row["path"]))[0]
             self.records.append(_Record(study_id=study_id, image=self.path(row["path"]), labels=labels,
-                                        report=row["report"].strip() if has_report else None))
+                                        report=row["report"].strip() if has_report else None,
+                                        patient=(row.get("patient_id") or "").strip() or None))
 
 
 ADAPTERS = {"mimic-cxr": MimicCxr, "iu-xray": IuXray, "chexpert": Chexpert, "nih": Nih, "folder": ImageFolder}

@@ -58,10 +58,14 @@ def render(seed: int, index: int, findings: list[Finding], size: int = 128) -> n
     return expose(canvas, chest, np.random.default_rng([seed, index, 4]))
 
 
+def study_id(seed: int, index: int) -> str:
+    return f"cxr-{seed}-{index:08d}"
+
+
 def generate_study(seed: int, index: int, size: int = 128, prevalence: Mapping[str, float] | None = None) -> CxrStudy:
     findings = sample_findings(np.random.default_rng([seed, index, 0]), resolve_prevalence(prevalence))
     return CxrStudy(
-        study_id=f"cxr-{seed}-{index:08d}",
+        study_id=study_id(seed, index),
         image=render(seed, index, findings, size),
         findings=findings,
         labels=labels_of(findings),
@@ -69,6 +73,13 @@ def generate_study(seed: int, index: int, size: int = 128, prevalence: Mapping[s
         seed=seed,
         index=index,
     )
+
+
+def study_findings(seed: int, index: int, prevalence: Mapping[str, float] | None = None) -> tuple[np.ndarray, str]:
+    """The labels and report of study (seed, index) without drawing its film: the same streams as
+    `generate_study`'s, so they equal its labels and report."""
+    findings = sample_findings(np.random.default_rng([seed, index, 0]), resolve_prevalence(prevalence))
+    return labels_of(findings), write_report(findings, np.random.default_rng([seed, index, 2]))
 
 
 def phantom_reports(seed: int, count: int) -> Iterator[str]:

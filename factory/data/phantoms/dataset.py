@@ -6,7 +6,7 @@ from typing import Mapping
 
 import torch
 
-from factory.data.dataset import Study, StudyDataset
+from factory.data.dataset import Study, StudyDataset, no_image
 from factory.data.labels import CXR_LABELS
 
 
@@ -20,12 +20,26 @@ class PhantomCxrDataset(StudyDataset):
     def __len__(self) -> int:
         return self.count
 
-    def load(self, index: int) -> Study:
-        from factory.data.phantoms.cxr import generate_study
+    def patient_id(self, index: int) -> str:
+        """Every phantom study is a patient of its own (its id, which names the seed and index)."""
+        from factory.data.phantoms.cxr import study_id
+
+        return study_id(self.seed, index)
+
+    def load(self, index: int, image: bool = True, report: bool = True) -> Study:
+        """Study `index`; `image=False` draws no film (factory.data.dataset.no_image in its place),
+        `report=False` gives no report: the two sides of unpaired training data."""
+        from factory.data.phantoms.cxr import generate_study, study_findings
 
         if not 0 <= index < self.count:
             raise IndexError(index)
-        study = generate_study(self.seed, index, size=self.size, prevalence=self.prevalence)
-        image = torch.from_numpy(study.image).float().div_(255.0)[None]
-        return Study(study_id=study.study_id, image=image, labels=torch.from_numpy(study.labels.astype("float32")),
-                     report=study.report, meta={"source": "phantom-cxr", "seed": self.seed})
+        if image:
+            study = generate_study(self.seed, index, size=self.size, prevalence=self.prevalence)
+            pixels = torch.from_numpy(study.image).float().div_(255.0)[None]
+            labels, text = study.labels, study.report
+        else:
+            labels, text = study_findings(self.seed, index, self.prevalence)
+            pixels = no_image()
+        return Study(study_id=self.patient_id(index), image=pixels, labels=torch.from_numpy(labels.astype("float32")),
+                     report=text if report else None,
+                     meta={"source": "phantom-cxr", "seed": self.seed, "patient_id": self.patient_id(index)})
