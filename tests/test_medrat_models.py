@@ -53,7 +53,8 @@ def test_contrastive_loss_by_hand():
     # A {Cardiomegaly, Edema} and B {Edema} share a finding, as do C {Effusion} and D {Effusion,
     # Pneumothorax}; A, B point along x, C, D along y; tau 1. Each anchor's one positive has similarity 1
     # and its two negatives 0: the loss is -log(e / (e + 1 + 1)) for every anchor.
-    labels = labels_of(("Cardiomegaly", "Edema"), ("Edema",), ("Pleural Effusion",), ("Pleural Effusion", "Pneumothorax"))
+    labels = labels_of(("Cardiomegaly", "Edema"), ("Edema",), ("Pleural Effusion",),
+                       ("Pleural Effusion", "Pneumothorax"))
     z = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])  # normalised inside
     assert medrat.supcon_loss(z, labels, temperature=1.0).item() == pytest.approx(math.log(math.e + 2) - 1)
     # Were B's finding Pneumothorax instead, A would have no positive (left out) and B would pair with D.

@@ -79,7 +79,8 @@ def _patients(dataset: StudyDataset) -> list[str]:
     return [dataset.patient_id(i) for i in range(len(dataset))]
 
 
-def split_indices(image_patients: Sequence[str], report_patients: Sequence[str], seed: int) -> tuple[list[int], list[int]]:
+def split_indices(image_patients: Sequence[str], report_patients: Sequence[str],
+                  seed: int) -> tuple[list[int], list[int]]:
     """The studies each side keeps (indices into its source), from each source's patient per study."""
     shared = set(image_patients) & set(report_patients)
     images = [i for i, p in enumerate(image_patients) if p not in shared or side_of(p, seed) == IMAGES]
@@ -129,7 +130,8 @@ def split_record(image_patients: Sequence[str], report_patients: Sequence[str],
         raise BadInputError("training data", f"{len(shared)} patients are on both sides of the unpaired split "
                                              f"(e.g. {sorted(shared)[:3]}); rebuild the run's data caches")
     record: dict[str, Any] = {"hash": "sha256(patient id)[:16]", "shared_patients": 0}
-    for side, patients, studies in ((IMAGES, image_patients, image_studies), (REPORTS, report_patients, report_studies)):
+    for side, patients, studies in ((IMAGES, image_patients, image_studies),
+                                    (REPORTS, report_patients, report_studies)):
         record[side] = {"studies": len(studies), "patients": len(set(patients)),
                         "patient_hashes": sorted({patient_hash(p) for p in patients})}
     return record

@@ -259,7 +259,8 @@ class MedRAT(nn.Module):
             locals_ = locals_ + self.local_noise * noise
         return locals_, hidden
 
-    def forward(self, images: torch.Tensor, reports: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, reports: torch.Tensor,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
         """One training pass: images (B, C, S, S) in [-1, 1] and reports (B', T) of other studies ->
         both streams' global representations and label logits, and the decoder's word logits (B', T-1, V)
         auto-encoding the reports from their augmented locals."""
