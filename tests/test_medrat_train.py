@@ -28,7 +28,7 @@ from factory.train.recipes import get_recipe
 
 TINY = {"cnn_width": 4, "d_model": 16, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ff_dim": 16,
         "memory_size": 8, "memory_top_k": 2, "class_hidden": 8, "max_words": 48}
-STEPS = 12
+STEPS = 30  # enough that the kill, right after the first checkpoint, lands mid-run on an idle machine too
 
 
 def _train_workers() -> list[psutil.Process]:
