@@ -136,6 +136,15 @@ def test_caption_is_a_function_of_each_image_alone(model):
         ends = np.flatnonzero(row == Vocabulary.eos_id)
         if len(ends):
             assert (row[ends[0] + 1:] == Vocabulary.pad_id).all()
+    # Word by word it writes what the teacher-forced decoder reads as each next word (before <eos>).
+    net = model["medrat"]
+    with torch.no_grad():
+        locals_, global_ = net.encode_images(medrat.to_model_images(films, net, next(net.parameters())))
+        written = torch.from_numpy(ids)
+        inputs = torch.cat([torch.full((3, 1), Vocabulary.bos_id), written[:, :-1]], dim=1)
+        read = net.decode(inputs, global_, locals_).argmax(dim=-1)
+    live = torch.cumsum((inputs == Vocabulary.eos_id).long(), dim=1) == 0
+    assert torch.equal(read[live], written[live])
     with pytest.raises(ValueError, match="uint8"):
         product.caption(model, films.astype(np.float32))
 

@@ -273,19 +273,29 @@ class MedRAT(nn.Module):
 
     def write(self, global_: torch.Tensor, locals_: torch.Tensor) -> torch.Tensor:
         """Greedy report ids (B, max_words - 1) from representations: the words after <bos>, <pad> after
-        each report's <eos>."""
-        batch = global_.shape[0]
-        tokens = torch.full((batch, 1), Vocabulary.bos_id, dtype=torch.long, device=global_.device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=global_.device)
-        for _ in range(self.max_words - 1):
-            word = self.decode(tokens, global_, locals_)[:, -1].argmax(dim=-1)
+        each report's <eos>. Word by word with each decoder layer's past inputs kept (the causal mask
+        means earlier positions never change), which computes what `decode` computes on the whole
+        prefix at a cost linear in the report's length instead of quadratic."""
+        batch, device = global_.shape[0], global_.device
+        memory = torch.cat([global_[:, None], locals_], dim=1)
+        past: list[torch.Tensor | None] = [None] * len(self.decoder.layers)
+        word = torch.full((batch,), Vocabulary.bos_id, dtype=torch.long, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        out = torch.full((batch, self.max_words - 1), Vocabulary.pad_id, dtype=torch.long, device=device)
+        for position in range(self.max_words - 1):
+            x = (self.decoder_embed(word) + self.decoder_position[position])[:, None]
+            for i, layer in enumerate(self.decoder.layers):  # nn.TransformerDecoderLayer, norm_first
+                h = layer.norm1(x)
+                past[i] = h if past[i] is None else torch.cat([past[i], h], dim=1)
+                x = x + layer.self_attn(h, past[i], past[i], need_weights=False)[0]
+                x = x + layer.multihead_attn(layer.norm2(x), memory, memory, need_weights=False)[0]
+                x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+            word = self.word_out(self.decoder_norm(x[:, 0])).argmax(dim=-1)
             word = torch.where(finished, torch.full_like(word, Vocabulary.pad_id), word)
-            tokens = torch.cat([tokens, word[:, None]], dim=1)
+            out[:, position] = word
             finished = finished | (word == Vocabulary.eos_id)
             if bool(finished.all()):
                 break
-        out = torch.full((batch, self.max_words - 1), Vocabulary.pad_id, dtype=torch.long, device=global_.device)
-        out[:, : tokens.shape[1] - 1] = tokens[:, 1:]
         return out
 
 
