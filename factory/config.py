@@ -74,6 +74,8 @@ class ProduceConfig(JobConfig):
     threshold: float | None = Field(None, ge=0, le=1, description="bundle runs of an unconditional image model: "
                                                                   "drop samples whose pseudo-label confidence is "
                                                                   "below this (default: the bundle's)")
+    reports: str | None = Field(None, description="captioning bundle URL (medrat): a report for every image of an "
+                                                  "image-only bundle, so the run writes image/report pairs")
     run_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     gates: tuple[GateConfig, ...] = Field((), description="quality gates applied before writing")
 
@@ -90,6 +92,13 @@ class ProduceConfig(JobConfig):
         if problem:
             raise ValueError(problem)
         return shard_size
+
+    @field_validator("reports")
+    @classmethod
+    def _reports_for_a_bundle(cls, reports, info):
+        if info.data.get("source") is not None and reports is not None:
+            raise ValueError("the phantom source writes its own reports; reports apply to image bundle runs")
+        return reports
 
     @field_validator("labels")
     @classmethod
@@ -121,6 +130,27 @@ class TranslateConfig(JobConfig):
     shard_size: int = Field(256, gt=0, description="slices per shard")
     batch_size: int = Field(16, gt=0, description="slices per generator call")
     seed: int = Field(0, ge=0, description="recorded with every sample; translation itself draws no random numbers")
+    run_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class CaptionConfig(JobConfig):
+    """`medsynth caption`: a captioning bundle (medrat) writes a report for each real image of a dataset,
+    into shards of (image, report, labels, json naming the study)."""
+
+    out: str = Field(description="output URL for shards and manifest (local path or s3://)")
+    bundle: str = Field(description="captioning bundle URL (medrat)")
+    source: str = Field(description="dataset root (local path or fsspec URL) in one of the chest X-ray layouts")
+    layout: Literal["mimic-cxr", "iu-xray", "chexpert", "nih", "folder"] = Field(description="layout of source")
+    count: int | None = Field(None, gt=0, le=MAX_COUNT, description="caption only the first COUNT studies "
+                                                                    "(default: all)")
+    size: int | None = Field(None, ge=16, le=4096, description="side of the images written to the shards "
+                                                               "(default: the bundle's image size)")
+    actors: int = Field(1, gt=0)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    shard_size: int = Field(1000, gt=0)
+    batch_size: int = Field(32, gt=0)
+    seed: int = Field(0, ge=0, description="recorded with every sample; captioning draws no random numbers")
     run_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 

@@ -87,6 +87,43 @@ class BundleImages(_ProducerSpec):
         return BundleImageProducer(seed, self.bundle, self.labels, self.count, self.threshold)
 
 
+class CaptionedImages(BundleImages):
+    """Image/report pairs from two bundles: labelled images of an image-only bundle (as BundleImages),
+    each with the report a captioning bundle (factory.models.spec.Captioning) writes for it."""
+
+    sample_kind: ClassVar[str] = "pair"
+    type: Literal["bundle-captioned-images"] = "bundle-captioned-images"  # type: ignore[assignment]
+    reports: str
+    reports_sha256: str
+
+    def build(self, seed: int) -> Producer:
+        from factory.produce.producers import CaptionedImageProducer
+
+        return CaptionedImageProducer(seed, self.bundle, self.labels, self.count, self.threshold, self.reports,
+                                      self.reports_sha256)
+
+
+class DatasetCaptions(_ProducerSpec):
+    """A dataset's real chest X-rays, each with the report a captioning bundle writes for it. Sample n is
+    study n of the dataset's index (the index's sha256 joins the run's identity)."""
+
+    sample_kind: ClassVar[str] = "caption"
+    type: Literal["dataset-captions"] = "dataset-captions"
+    bundle: str
+    bundle_sha256: str
+    source: str
+    layout: str
+    size: int = Field(ge=16)
+    dataset_sha256: str
+    studies: int = Field(gt=0)
+
+    def build(self, seed: int) -> Producer:
+        from factory.produce.producers import DatasetCaptionProducer
+
+        return DatasetCaptionProducer(self.bundle, self.bundle_sha256, self.source, self.layout, self.size,
+                                      self.dataset_sha256)
+
+
 class BundleTranslation(_ProducerSpec):
     """A source dataset's slices translated into CT by a bundle whose model translates
     (factory.models.spec.Translation), along the run's slice plan."""
@@ -113,7 +150,8 @@ class BundleTranslation(_ProducerSpec):
         return TranslationProducer(self.bundle, self.bundle_sha256, self.plan)
 
 
-ProducerSpec = Annotated[Union[PhantomPairs, BundlePairs, BundleImages, BundleTranslation], Field(discriminator="type")]
+ProducerSpec = Annotated[Union[PhantomPairs, BundlePairs, BundleImages, CaptionedImages, DatasetCaptions,
+                               BundleTranslation], Field(discriminator="type")]
 _ADAPTER: TypeAdapter[ProducerSpec] = TypeAdapter(ProducerSpec)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from factory.data.hounsfield import CT_PNG_OFFSET
 from factory.data.labels import CXR_LABELS
 from factory.errors import BadInputError, FactoryError
-from factory.models.spec import ImageSampling, PairSampling, Translation
+from factory.models.spec import Captioning, ImageSampling, PairSampling, Translation
 from factory.produce.samples import Dropped, Sample
 
 SIXTEEN_BIT = 65535
@@ -229,6 +229,97 @@ class BundleImageProducer:
             if confidence is not None:
                 metadata["pseudo_label"] = {"confidence": float(confidence), "threshold": self.threshold}
             samples.append(Sample(index=index, images={"png": image}, label=label, metadata=metadata))
+        return samples
+
+
+class Captioner:
+    """A captioning bundle (factory.models.spec.Captioning), loaded once per actor: reports for images.
+
+    `bundle_sha256` is the bundle the run was planned with; one replaced in place since then would make
+    the run's shards disagree, so it stops the run instead."""
+
+    def __init__(self, bundle_url: str, bundle_sha256: str):
+        import torch
+
+        from factory import storage
+        from factory.models import registry
+        from factory.models.bundle import METADATA_NAME, load_bundle
+
+        self.bundle = load_bundle(bundle_url, device="cuda" if torch.cuda.is_available() else "cpu")
+        if self.bundle.sha256 != bundle_sha256:
+            raise BadInputError(storage.join(bundle_url, METADATA_NAME), "changed since this run was planned; "
+                                                                         "write the run to a new location")
+        self.model = registry.spec(self.bundle.recipe).product(Captioning)
+        if self.model is None:
+            raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not write reports for images")
+        self.source = {"kind": "bundle", "recipe": self.bundle.recipe, "bundle_id": self.bundle.bundle_id,
+                       "bundle_sha256": self.bundle.sha256}
+
+    def reports(self, images: Sequence[np.ndarray]) -> list[str]:
+        """One report per (H, W) uint8 image; each a function of its image alone."""
+        if not images:
+            return []
+        ids = self.model.caption(self.bundle.nets, np.stack(images))
+        return self.model.decode_reports(ids, self.bundle.vocabulary)
+
+
+class CaptionedImageProducer(BundleImageProducer):
+    """Image/report pairs from an image-only bundle and a captioning bundle: sample n is the image
+    bundle's sample n (labels, noise and pseudo-label drops exactly as BundleImageProducer's) with the
+    captioning bundle's report of its image."""
+
+    sample_kind = "pair"
+
+    def __init__(self, seed: int, bundle_url: str, labels: str | dict[str, int] | None, count: int,
+                 threshold: float | None, reports_url: str, reports_sha256: str):
+        super().__init__(seed, bundle_url, labels, count, threshold)
+        self.captioner = Captioner(reports_url, reports_sha256)
+
+    def make_batch(self, indices: range) -> list[Sample | Dropped]:
+        made = super().make_batch(indices)
+        kept = [sample for sample in made if isinstance(sample, Sample)]
+        for sample, report in zip(kept, self.captioner.reports([s.images["png"] for s in kept])):
+            sample.report = report
+            sample.metadata.update(kind="pair", report_source=self.captioner.source)
+        return made
+
+
+class DatasetCaptionProducer:
+    """Real chest X-rays of a dataset with the reports a captioning bundle writes for them.
+
+    Sample n is study n of the dataset's index, read through its layout's adapter at `size` and written
+    as 8-bit PNG with the report, the dataset's labels for it and its study id. Captioning draws no random
+    numbers, so any shard regenerates bit for bit."""
+
+    sample_kind = "caption"
+
+    def __init__(self, bundle_url: str, bundle_sha256: str, source: str, layout: str, size: int,
+                 dataset_sha256: str):
+        from factory.data.adapters import open_dataset
+
+        self.captioner = Captioner(bundle_url, bundle_sha256)
+        self.dataset = open_dataset(source, layout, size=size)
+        if self.dataset.index_sha256() != dataset_sha256:
+            raise BadInputError(source, "its studies changed since this run was planned; "
+                                        "write the captions to a new location")
+        self.root, self.layout = source, layout
+        self.names = list(self.dataset.label_names)
+
+    def make_batch(self, indices: range) -> list[Sample]:
+        studies = [self.dataset[index] for index in indices]
+        images = [np.rint(study.image[0].clamp(0, 1).numpy() * 255).astype(np.uint8) for study in studies]
+        samples = []
+        for index, study, image, report in zip(indices, studies, images, self.captioner.reports(images)):
+            labels = {name: float(v) for name, v in zip(self.names, study.labels.tolist()) if not np.isnan(v)}
+            vector = np.array([labels.get(name, 0.0) for name in self.names])
+            label = primary_label(vector, self.names)
+            samples.append(Sample(
+                index=index, images={"png": image}, report=report, label=label,
+                metadata={"kind": "caption", "source": self.captioner.source, "labels": labels,
+                          "primary_label": self.names[label], "source_study_id": study.study_id,
+                          "real_image": {"dataset": self.root, "layout": self.layout,
+                                         "file": study.meta.get("image", study.study_id)}},
+            ))
         return samples
 
 

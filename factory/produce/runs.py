@@ -9,10 +9,11 @@ from typing import Any
 import yaml
 
 from factory import storage
-from factory.config import ProduceConfig, TranslateConfig, yaml_problem
+from factory.config import CaptionConfig, ProduceConfig, TranslateConfig, yaml_problem
 from factory.errors import BadInputError, FactoryError
 from factory.produce.pool import produce
-from factory.produce.producer_specs import BundleImages, BundlePairs, BundleTranslation, PhantomPairs, ProducerSpec
+from factory.produce.producer_specs import (BundleImages, BundlePairs, BundleTranslation, CaptionedImages,
+                                            DatasetCaptions, PhantomPairs, ProducerSpec)
 from factory.produce.shards import RunSpec, canonical_sha256
 
 
@@ -52,6 +53,23 @@ def _label_policy_for(config: ProduceConfig, bundle: dict[str, Any]) -> str | di
     return labels
 
 
+def captioning_bundle(url: str, option: str) -> dict[str, Any]:
+    """A captioning bundle's metadata, its files verified, before Ray starts; refused (naming `option`) when
+    its model writes no reports for images."""
+    from factory.models import registry
+    from factory.models.bundle import METADATA_NAME, read_metadata, verify_files
+    from factory.models.spec import Captioning
+
+    bundle = read_metadata(url)
+    verify_files(url, bundle)
+    model = registry.spec(bundle["recipe"])
+    if model.product(Captioning) is None:
+        raise BadInputError(f"{option} {storage.join(url, METADATA_NAME)}",
+                            f"a {bundle['recipe']} bundle makes {', '.join(model.product_kinds) or 'nothing'}, "
+                            "not reports for images (a captioning model, e.g. medrat)")
+    return bundle
+
+
 def _bundle_producer(config: ProduceConfig) -> tuple[BundlePairs | BundleImages, str]:
     """(producer, model name) of a bundle run; the producer follows from the product the model declares."""
     from factory.models import registry
@@ -68,8 +86,26 @@ def _bundle_producer(config: ProduceConfig) -> tuple[BundlePairs | BundleImages,
         raise BadInputError(storage.join(config.bundle, METADATA_NAME),
                             f"a {recipe} bundle makes {makes}, not image/report pairs or labelled images"
                             + (" (use medsynth translate)" if "translations" in model.product_kinds else ""))
+    if config.reports is not None and pairs is not None:
+        raise BadInputError("--reports", f"a {recipe} bundle writes its own reports; --reports captions the images "
+                                         "of an image-only bundle")
     common = {"bundle": storage.absolute(config.bundle), "bundle_sha256": bundle["sha256"], "count": config.count}
-    if pairs is None and not images.conditional:
+    if config.reports is not None:
+        captions = captioning_bundle(config.reports, "--reports")
+        images_spec, _ = _image_producer(config, bundle, recipe, images, common)
+        return CaptionedImages(**images_spec.model_dump(exclude={"type"}), reports=storage.absolute(config.reports),
+                               reports_sha256=captions["sha256"]), f"{recipe}-{captions['recipe']}"
+    if pairs is None:
+        return _image_producer(config, bundle, recipe, images, common)
+    if config.threshold is not None:
+        raise BadInputError("--threshold", f"a {recipe} bundle is conditioned on the labels chosen; "
+                                           "a pseudo-label threshold applies to unconditional image bundles")
+    return BundlePairs(**common, labels=_label_policy_for(config, bundle)), recipe
+
+
+def _image_producer(config: ProduceConfig, bundle: dict[str, Any], recipe: str, images,
+                    common: dict[str, Any]) -> tuple[BundleImages, str]:
+    if not images.conditional:
         if config.labels is not None:
             raise BadInputError("--labels", f"a {recipe} bundle is unconditional: its classifier labels the images "
                                             "it makes, so labels are not chosen")
@@ -78,8 +114,7 @@ def _bundle_producer(config: ProduceConfig) -> tuple[BundlePairs | BundleImages,
     if config.threshold is not None:
         raise BadInputError("--threshold", f"a {recipe} bundle is conditioned on the labels chosen; "
                                            "a pseudo-label threshold applies to unconditional image bundles")
-    labels = _label_policy_for(config, bundle)
-    return (BundlePairs if pairs is not None else BundleImages)(**common, labels=labels), recipe
+    return BundleImages(**common, labels=_label_policy_for(config, bundle)), recipe
 
 
 def production_spec(config: ProduceConfig, command: str = "") -> tuple[ProducerSpec, RunSpec]:
@@ -158,3 +193,32 @@ def run_translation(config: TranslateConfig, command: str = "", progress: bool =
     return produce(producer, out, spec, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
                    gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size, progress=progress,
                    on_commit=on_commit, actor_name_prefix=actor_name_prefix, finish=volumes)
+
+
+def caption_spec(config: CaptionConfig, command: str = "") -> tuple[DatasetCaptions, RunSpec]:
+    """(producer spec, run spec) of a captioning run: the bundle's sha256 and the dataset index's sha256
+    are the run's identity, so captioning changed data or with another bundle is another run."""
+    from factory.data.adapters import open_dataset
+
+    bundle = captioning_bundle(config.bundle, "--bundle")
+    size = config.size or bundle["model_config"]["image_size"]
+    dataset = open_dataset(config.source, config.layout, size=size)
+    if len(dataset) == 0:
+        raise BadInputError(config.source, f"holds no {config.layout} studies to caption")
+    count = min(config.count or len(dataset), len(dataset))
+    producer = DatasetCaptions(bundle=storage.absolute(config.bundle), bundle_sha256=bundle["sha256"],
+                               source=storage.absolute(config.source), layout=config.layout, size=size,
+                               dataset_sha256=dataset.index_sha256(), studies=len(dataset))
+    settings = {"producer": producer.echo(), "shard_size": config.shard_size, "batch_size": config.batch_size}
+    # Same settings, same run id: running the same command again resumes instead of starting over.
+    run_id = config.run_id or f"caption-{bundle['recipe']}-s{config.seed}-{canonical_sha256([settings, count])[:8]}"
+    spec = RunSpec(run_id=run_id, requested=count, shard_size=config.shard_size, seed=config.seed,
+                   sample_kind=producer.sample_kind, config=settings, command=command)
+    return producer, spec
+
+
+def run_captioning(config: CaptionConfig, command: str = "", progress: bool = True) -> dict[str, Any]:
+    storage.check_writable(config.out)  # an unusable --out is refused before Ray starts
+    producer, spec = caption_spec(config, command)
+    return produce(producer, config.out, spec, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
+                   gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size, progress=progress)

@@ -22,6 +22,7 @@ SAMPLE_MEMBERS: dict[str, frozenset[str]] = {
     "pair": frozenset({"png", "txt", "cls", "json"}),
     "image": frozenset({"png", "cls", "json"}),
     "translation": frozenset({"ct.png", "src.png", "json"}),
+    "caption": frozenset({"png", "txt", "cls", "json"}),
 }
 
 # Fast zlib level: shards are written once and read many times, but on a CPU node encoding competes

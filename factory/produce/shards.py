@@ -63,7 +63,7 @@ class RunSpec:
     requested: int  # sample slots 0..requested-1
     shard_size: int
     seed: int
-    sample_kind: str  # pair | image | translation | counterfactual
+    sample_kind: str  # pair | image | translation | counterfactual | caption
     config: dict[str, Any] = field(default_factory=dict)  # echoed into the manifest, no credentials
     command: str = ""
 

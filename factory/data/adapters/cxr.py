@@ -39,7 +39,9 @@ Label mapping to CXR_LABELS:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 import posixpath
 import xml.etree.ElementTree as ET
@@ -204,6 +206,12 @@ class CxrDataset(StudyDataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def index_sha256(self) -> str:
+        """sha256 of the indexed studies (ids and image files, in order): what a run over this dataset
+        was planned on. The images' bytes are not read."""
+        index = [[record.study_id, self.url(record.image)] for record in self.records]
+        return hashlib.sha256(json.dumps(index, separators=(",", ":")).encode()).hexdigest()
 
     def patient_id(self, index: int) -> str:
         """The patient of study `index`, from the index alone (nothing decoded): the layout's own
