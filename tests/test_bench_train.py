@@ -75,7 +75,7 @@ def test_reading_scores_threshold_and_exact_match():
 
 
 def test_xraygan_evaluation_points_reach_the_runs_timeline_as_their_numeric_scores(tmp_path):
-    from factory.bench.train_xraygan import evaluation_scalars
+    from factory.bench.segments import scalars as evaluation_scalars
     from factory.train.progress import events_url, record_evaluation
 
     point = {"step": 40, "train_cpu_minutes": 3.5, "fid": 12.5, "kept": 0.75, "macro_auc": 0.81,

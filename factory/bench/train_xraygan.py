@@ -34,8 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from factory.bench.train_emixer import (BUDGET_MARGIN, CpuMeter, SegmentPlanner, get_judge, machine, real_sets,
-                                        run_segment, segment_bundles, segment_steps, snapshot_every, write_json)
+from factory.bench import segments
+from factory.bench.train_emixer import CpuMeter, get_judge, machine, real_sets, write_json
 from factory.data.labels import CXR_LABELS
 
 MODELS = ("xraygan-cgan", "xraygan-ucgan")
@@ -145,70 +145,19 @@ def train_config(args, model: str, storage: str, steps: int, **changes):
     return TrainConfig.model_validate(settings)
 
 
-def evaluation_scalars(point: dict[str, Any]) -> dict[str, float]:
-    """An evaluation point's scores, for the run's TensorBoard events (eval/...), beside its training scalars."""
-    return {key: float(value) for key, value in point.items()
-            if key not in ("step", "train_cpu_minutes") and isinstance(value, (int, float)) and not isinstance(value, bool)}
-
-
 def learn(model: str, args, work: str, evaluator: Evaluator, meter: CpuMeter) -> dict[str, Any]:
-    """One model's segments and evaluation points; the last point inside the budget is its final one."""
-    from factory.models.bundle import load_bundle
-    from factory.train.data import prepare_data
-    from factory.train.progress import record_evaluation
-    from factory.train.recipes import get_recipe
-
-    storage = os.path.join(work, "runs")
-    cpu = meter.seconds()
-    prepare_data(train_config(args, model, storage, 1), get_recipe(model), progress=False)
-    data_cpu = meter.seconds() - cpu
-    planner = SegmentPlanner(budget_s=args.minutes * 60, segments=args.segments, margin=BUDGET_MARGIN)
-    train_cpu, eval_cpu, points, step, last = 0.0, 0.0, [], 0, None
-    for segment in range(args.segments):
-        steps = segment_steps(planner, train_cpu, segment, args.first_steps)
-        if not steps:
-            break
-        bundle_url = os.path.join(work, "bundles", model, f"step-{step + steps:06d}")
-        config = train_config(args, model, storage, step + steps, bundle_out=bundle_url,
-                              snapshot_every=snapshot_every(args.points, args.segments, segment, steps))
-        cpu = meter.seconds()
-        stats = run_segment(config)
-        segment_cpu = meter.seconds() - cpu
-        step_cpu = sum(worker["step_cpu_s"] for worker in stats["workers"])
-        planner.observe(steps, segment_cpu, step_cpu)
-        segment_start, step = step, step + steps
-        cpu = meter.seconds()
-        for at, url in segment_bundles(os.path.join(storage, config.name, "snapshots"), segment_start, step, bundle_url):
-            bundle = load_bundle(url)
-            if not points:  # step 0: the networks as training started (built from the seed alone)
-                initial = get_recipe(model).build(bundle.model_config, seed=args.seed)
-                points.append({"step": 0, "train_cpu_minutes": 0.0, **evaluator(model, initial, bundle.model_config)})
-                record_evaluation(storage, config.name, 0, evaluation_scalars(points[-1]))
-            at_cpu = train_cpu + (segment_cpu - step_cpu) + step_cpu * (at - segment_start) / steps
-            point = {"step": at, "train_cpu_minutes": at_cpu / 60, **evaluator(model, bundle.nets, bundle.model_config),
-                     "losses": {k: float(v) for k, v in bundle.metadata["metrics"].items()
-                                if k != "steps" and not k.startswith("lr_")}}
-            points.append(point)
-            record_evaluation(storage, config.name, at, evaluation_scalars(point))
-            print(_point_line(model, point), flush=True)
-            last = bundle
-        train_cpu += segment_cpu
-        eval_cpu += meter.seconds() - cpu
-    if last is None:
-        raise RuntimeError(f"the budget of {args.minutes} CPU-minutes did not fit one {model} segment")
-    for point in points:
-        point["over_budget"] = point["train_cpu_minutes"] > args.minutes
-    final = [p for p in points if not p["over_budget"]][-1]
+    """One model's segments and evaluation points, then Table 3 on its final images."""
+    run = segments.learn(model, lambda storage, steps, **changes: train_config(args, model, storage, steps, **changes),
+                         lambda nets, config: evaluator(model, nets, config), args, work, meter,
+                         lambda point: _point_line(model, point))
+    final = run["final"]
     cpu = meter.seconds()
     keep = final["_keep"]
     table3 = (classifier_on(final["_images"][keep], final["_labels"][keep], evaluator.real, seed=args.seed,
                             epochs=args.table3_epochs) if keep.sum() >= 2 else None)
-    table3_cpu = meter.seconds() - cpu
-    strip = lambda p: {k: v for k, v in p.items() if not k.startswith("_")}  # noqa: E731
-    return {"points": [strip(p) for p in points], "final": strip(final), "table3": table3,
-            "model_config": last.model_config,
-            "cpu_minutes": {"training": train_cpu / 60, "evaluation": eval_cpu / 60, "training_data": data_cpu / 60,
-                            "table3": table3_cpu / 60},
+    return {"points": [segments.strip(p) for p in run["points"]], "final": segments.strip(final), "table3": table3,
+            "model_config": run["bundle"].model_config,
+            "cpu_minutes": {**run["cpu_minutes"], "table3": (meter.seconds() - cpu) / 60},
             "_images": final["_images"][:16]}
 
 
