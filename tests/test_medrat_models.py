@@ -149,11 +149,19 @@ def test_caption_is_a_function_of_each_image_alone(model):
         product.caption(model, films.astype(np.float32))
 
 
-@pytest.mark.parametrize("bad", [{"patch_grid": 32}, {"d_model": 15}, {"memory_top_k": 9}, {"local_dropout": 1.0},
+@pytest.mark.parametrize("bad", [{"patch_grid": 32}, {"d_model": 15}, {"memory_top_k": 9}, {"memory_top_k": 0},
+                                 {"memory_size": -1}, {"local_dropout": 1.0},
                                  {"temperature": 0}, {"lr": {"G": 1e-3}}, {"colour": 1}])
 def test_bad_config_is_refused(bad):
     with pytest.raises(ValueError):
         medrat.make_config({**TINY, **bad})
+
+
+def test_no_memory_ablation_passes_features_through():
+    model = build_networks("medrat", medrat.make_config({**TINY, "memory_size": 0, "memory_top_k": 0}), seed=0)
+    features = torch.randn(2, 3, TINY["d_model"])
+    assert isinstance(model[medrat.NET_NAME].memory, torch.nn.Identity)
+    assert torch.equal(model[medrat.NET_NAME].memory(features), features)
 
 
 def test_untrained_bundle_round_trips_and_captions(tmp_path):

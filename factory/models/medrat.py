@@ -54,7 +54,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "encoder_layers": 2,
     "decoder_layers": 2,
     "ff_dim": 128,
-    "memory_size": 64,  # M memory vectors of d_model
+    "memory_size": 64,  # M memory vectors of d_model (0, with memory_top_k 0: no memory, f_m = f)
     "memory_top_k": 8,  # K queried per feature vector
     "class_hidden": 64,  # the classification head's hidden layer
     # training
@@ -69,7 +69,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 _POSITIVE_INTS = ("channels", "num_labels", "max_words", "cnn_width", "patch_grid", "d_model", "heads",
-                  "encoder_layers", "decoder_layers", "ff_dim", "memory_size", "memory_top_k", "class_hidden")
+                  "encoder_layers", "decoder_layers", "ff_dim", "class_hidden")
 
 
 def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -90,6 +90,11 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
         raise ValueError(f"patch_grid must be a power of two below image_size {size}, not {grid!r}")
     if config["d_model"] % config["heads"]:
         raise ValueError(f"d_model {config['d_model']} must be a multiple of heads {config['heads']}")
+    for key in ("memory_size", "memory_top_k"):  # 0 and 0: no memory (the paper's Table 4 ablation)
+        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 0:
+            raise ValueError(f"{key} must be a non-negative integer, not {config[key]!r}")
+    if (config["memory_size"] == 0) != (config["memory_top_k"] == 0):
+        raise ValueError("memory_size and memory_top_k are 0 together (no memory) or both positive")
     if config["memory_top_k"] > config["memory_size"]:
         raise ValueError(f"memory_top_k {config['memory_top_k']} exceeds memory_size {config['memory_size']}")
     if config["vocab_size"] <= Vocabulary.unk_id:
@@ -194,7 +199,8 @@ class MedRAT(nn.Module):
         self.patch_position = nn.Parameter(torch.randn(config["patch_grid"] ** 2, d) * 0.02)
         self.word_embed = nn.Embedding(config["vocab_size"], d, padding_idx=Vocabulary.pad_id)
         self.word_position = nn.Parameter(torch.randn(self.max_words, d) * 0.02)
-        self.memory = SharedMemory(config["memory_size"], d, config["memory_top_k"])
+        self.memory = (SharedMemory(config["memory_size"], d, config["memory_top_k"]) if config["memory_size"]
+                       else nn.Identity())  # no memory: f_m = f
         # (b) the shared encoder and pooling
         layer = nn.TransformerEncoderLayer(d, config["heads"], config["ff_dim"], dropout=0.0, batch_first=True,
                                            norm_first=True)
