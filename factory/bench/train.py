@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = {"emixer": "factory.bench.train_emixer", "xraygan": "factory.bench.train_xraygan"}
+BENCHMARKS = {"emixer": "factory.bench.train_emixer", "xraygan": "factory.bench.train_xraygan",
+              "medrat": "factory.bench.train_medrat"}
 
 
 def main(argv: list[str] | None = None) -> int:
