@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "translate MRI/PET slices and volumes into CT shards and a Zarr group with a Ray actor pool"),
     "caption": ("factory.produce.caption_cli",
                 "write a report for each real chest X-ray of a dataset into shards with a Ray actor pool"),
+    "explain": ("factory.produce.explain_cli",
+                "diagnose chest X-rays, justify each diagnosis in words and draw its nearest alternative"),
     "export-nifti": ("factory.produce.nifti", "write a translation run's whole volumes as NIfTI files (.nii.gz)"),
     "evaluate": ("factory.evaluate.cli", "judge, run report (HTML), augmentation study"),
     "inspect": ("factory.produce.inspect", "summarise and verify a run, or extract one sample"),
@@ -32,7 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # The extra (pyproject.toml) that brings what each command needs beyond the base install; `inspect`
 # needs none (it asks for [volumes] itself where a run has Zarr volumes).
 COMMAND_EXTRAS = {"demo": "all", "data": "produce", "train": "train", "bundle": "produce", "produce": "produce",
-                  "translate": "produce", "caption": "produce", "export-nifti": "volumes", "evaluate": "eval", "bench": "all"}
+                  "translate": "produce", "caption": "produce", "explain": "produce", "export-nifti": "volumes",
+                  "evaluate": "eval", "bench": "all"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,111 @@
+"""`medsynth explain`, in process, on an untrained tiny justify bundle whose counterfactual search is
+cut to a few steps (what is written is checked, not how good it is; M's success on a trained model is
+tests/test_justify_models.py's): files and a dataset in, JSON, PNGs and one self-contained HTML page
+out, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from justify_helpers import TINY
+from PIL import Image
+
+from factory.cli import main
+from factory.data.adapters.cxr import decode_image
+from factory.data.labels import CXR_LABELS
+from factory.models import registry
+from factory.models.bundle import load_bundle, write_bundle
+from factory.models.justify.model import untrained_shape
+from factory.produce.explain import explain_images
+
+M_QUICK = {"m_steps": 2, "m_max_iter": 2, "m_restarts": 0}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """An untrained justify bundle of TINY's widths at 32 px, its search a few L-BFGS steps long."""
+    shape = untrained_shape(32, seed=0)
+    config = registry.make_config("justify", {**TINY, **shape.overrides, **M_QUICK})
+    url = str(tmp_path_factory.mktemp("justify") / "bundle")
+    write_bundle(url, "justify", registry.build_networks("justify", config, seed=0), config, shape.label_names,
+                 shape.vocabulary, training_data={"fingerprint": "untrained"}, metrics={}, trained=False)
+    return url
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Two X-rays as files: a PNG and a 48 px JPEG (resized to the bundle's 32)."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(folder / "b.jpg", quality=95)
+    return [str(folder / "a.png"), str(folder / "b.jpg")]
+
+
+def test_explain_writes_json_pngs_and_one_self_contained_page(bundle, images, tmp_path):
+    out = tmp_path / "out"
+    assert main(["explain", "--bundle", bundle, *images, "--out", str(out), "--seed", "3"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["0000-a.counterfactual.png", "0000-a.json", "0000-a.side-by-side.png",
+                     "0001-b.counterfactual.png", "0001-b.json", "0001-b.side-by-side.png", "index.html"]
+    # The same as the library function gives for the same 8-bit inputs (read as the adapters read) and seed.
+    inputs = np.stack([np.rint(decode_image(open(p, "rb").read(), p, 32)[0].numpy() * 255).astype(np.uint8)
+                       for p in images])
+    assert np.array_equal(inputs[0], np.asarray(Image.open(images[0])))
+    first = json.loads((out / "0000-a.json").read_text())
+    assert first["input"] == images[0] and first["seed"] == 3 and first["bundle_id"].startswith("justify-")
+    assert set(first["probabilities"]) == set(CXR_LABELS) and first["diagnosis"] in CXR_LABELS
+    assert first["alternative"] != first["diagnosis"] and isinstance(first["alternative_reached"], bool)
+    counterfactual = np.asarray(Image.open(out / first["counterfactual"]))
+    assert counterfactual.shape == (32, 32) and counterfactual.dtype == np.uint8
+    direct = explain_images(load_bundle(bundle), inputs, seed=3)
+    assert np.array_equal(counterfactual, direct[0].counterfactual)
+    assert {k: first[k] for k in direct[0].to_json()} == direct[0].to_json()
+    side = np.asarray(Image.open(out / "0000-a.side-by-side.png"))
+    assert side.shape == (256 + 16, 2 * 256 + 4)
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and not re.search(r"src=['\"](?!data:)", page)
+    assert "0001-b" not in page and images[1] in page and first["caption"].split()[0] in page
+
+
+def test_explain_reads_a_dataset_through_its_adapter(bundle, tmp_path):
+    assert main(["data", "cxr", "--out", str(tmp_path / "d"), "--count", "3", "--size", "32",
+                 "--layout", "folder"]) == 0
+    out = tmp_path / "out"
+    assert main(["explain", "--bundle", bundle, str(tmp_path / "d"), "--layout", "folder", "--count", "2",
+                 "--out", str(out)]) == 0
+    records = sorted(out.glob("*.json"))
+    assert len(records) == 2 and json.loads(records[0].read_text())["input"].startswith(str(tmp_path / "d") + "#")
+
+
+def _refused(capsys, argv) -> str:
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_bundle_that_does_not_explain_is_refused(capsys, images, tmp_path):
+    assert main(["bundle", "init", "xraygan-cgan", "--out", str(tmp_path / "c"), "--size", "16", "--width", "2"]) == 0
+    line = _refused(capsys, ["explain", "--bundle", str(tmp_path / "c"), images[0], "--out", str(tmp_path / "o")])
+    assert "a xraygan-cgan bundle makes images, not explanations" in line and not (tmp_path / "o").exists()
+
+
+def test_an_unreadable_image_is_refused(bundle, capsys, images, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    line = _refused(capsys, ["explain", "--bundle", bundle, images[0], str(bad), "--out", str(tmp_path / "o")])
+    assert f"{bad}: unreadable image" in line and not (tmp_path / "o").exists()
+    line = _refused(capsys, ["explain", "--bundle", bundle, str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")])
+    assert "missing.png: cannot read the image" in line
+
+
+def test_an_output_folder_with_other_content_is_refused(bundle, capsys, images, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("mine")
+    line = _refused(capsys, ["explain", "--bundle", bundle, images[0], "--out", str(tmp_path / "o")])
+    assert "exists and is not an empty folder" in line
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["keep.txt"] and (tmp_path / "o" / "keep.txt").read_text() == "mine"
