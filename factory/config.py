@@ -76,6 +76,9 @@ class ProduceConfig(JobConfig):
                                                                   "below this (default: the bundle's)")
     reports: str | None = Field(None, description="captioning bundle URL (medrat): a report for every image of an "
                                                   "image-only bundle, so the run writes image/report pairs")
+    captions: str | None = Field(None, description="report corpus root (with --layout): a bundle that draws X-rays "
+                                                   "from reports (justify) makes one per report, the first COUNT")
+    layout: Literal["mimic-cxr", "iu-xray", "folder"] | None = Field(None, description="layout of --captions")
     run_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     gates: tuple[GateConfig, ...] = Field((), description="quality gates applied before writing")
 
@@ -83,6 +86,12 @@ class ProduceConfig(JobConfig):
     def _one_source(self):
         if (self.bundle is None) == (self.source is None):
             raise ValueError("give exactly one of bundle and source")
+        if (self.captions is None) != (self.layout is None):
+            raise ValueError("captions and layout go together: a report corpus and its layout")
+        if self.captions is not None and (self.bundle is None or self.labels is not None
+                                          or self.threshold is not None or self.reports is not None):
+            raise ValueError("captions take a bundle and no labels, threshold or reports: the labels come from each "
+                             "report, which is the corpus's own")
         return self
 
     @field_validator("shard_size")

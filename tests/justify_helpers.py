@@ -55,3 +55,17 @@ def run_steps(recipe, engines, data: TrainingData, steps: range, batch_size: int
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Training images (N, 1, H, W) in [0, 1] -> 8-bit (N, H, W)."""
     return (images[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def write_untrained_bundle(url: str, size: int = 32, **overrides) -> str:
+    """An untrained justify bundle of TINY's widths (the chest X-ray labels, a phantom-report vocabulary)
+    with `overrides` in its model config, e.g. a counterfactual search cut to a few steps."""
+    from factory.models import registry
+    from factory.models.bundle import write_bundle
+    from factory.models.justify.model import untrained_shape
+
+    shape = untrained_shape(size, seed=0)
+    config = registry.make_config("justify", {**TINY, **shape.overrides, **overrides})
+    write_bundle(url, "justify", registry.build_networks("justify", config, seed=0), config, shape.label_names,
+                 shape.vocabulary, training_data={"fingerprint": "untrained"}, metrics={}, trained=False)
+    return url

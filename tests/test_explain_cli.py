@@ -10,15 +10,13 @@ import re
 
 import numpy as np
 import pytest
-from justify_helpers import TINY
+from justify_helpers import write_untrained_bundle
 from PIL import Image
 
 from factory.cli import main
 from factory.data.adapters.cxr import decode_image
 from factory.data.labels import CXR_LABELS
-from factory.models import registry
-from factory.models.bundle import load_bundle, write_bundle
-from factory.models.justify.model import untrained_shape
+from factory.models.bundle import load_bundle
 from factory.produce.explain import explain_images
 
 M_QUICK = {"m_steps": 2, "m_max_iter": 2, "m_restarts": 0}
@@ -27,12 +25,7 @@ M_QUICK = {"m_steps": 2, "m_max_iter": 2, "m_restarts": 0}
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """An untrained justify bundle of TINY's widths at 32 px, its search a few L-BFGS steps long."""
-    shape = untrained_shape(32, seed=0)
-    config = registry.make_config("justify", {**TINY, **shape.overrides, **M_QUICK})
-    url = str(tmp_path_factory.mktemp("justify") / "bundle")
-    write_bundle(url, "justify", registry.build_networks("justify", config, seed=0), config, shape.label_names,
-                 shape.vocabulary, training_data={"fingerprint": "untrained"}, metrics={}, trained=False)
-    return url
+    return write_untrained_bundle(str(tmp_path_factory.mktemp("justify") / "bundle"), **M_QUICK)
 
 
 @pytest.fixture(scope="module")

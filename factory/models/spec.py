@@ -124,8 +124,23 @@ class Captioning:
     decode_reports: Callable[["np.ndarray", "Vocabulary"], list[str]]
 
 
-Product = PairSampling | Translation | ImageSampling | Explanation | Captioning
-P = TypeVar("P", PairSampling, Translation, ImageSampling, Explanation, Captioning)
+@dataclass(frozen=True)
+class ReportImaging:
+    """Product "images-from-reports": an X-ray drawn for each report of a corpus.
+
+    `noise_dim(config)`: noise dimensions per sample. `describe(reports, diagnoses (B,), vocabulary,
+    config)` -> the token ids (B, T) int64 the generator reads for each report and its diagnosis (an
+    index into the bundle's label names). `generate(nets, descriptions (B, T), noise (B, noise_dim))`
+    -> X-rays (B, S, S) uint8, each a function of its own inputs alone (eval mode)."""
+
+    kind: ClassVar[str] = "images-from-reports"
+    noise_dim: Callable[[Mapping[str, Any]], int]
+    describe: Callable[[Sequence[str], Sequence[int], "Vocabulary", Mapping[str, Any]], "np.ndarray"]
+    generate: Callable[[Networks, "torch.Tensor", "torch.Tensor"], "np.ndarray"]
+
+
+Product = PairSampling | Translation | ImageSampling | Explanation | Captioning | ReportImaging
+P = TypeVar("P", PairSampling, Translation, ImageSampling, Explanation, Captioning, ReportImaging)
 
 
 @dataclass(frozen=True)

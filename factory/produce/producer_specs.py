@@ -150,8 +150,28 @@ class BundleTranslation(_ProducerSpec):
         return TranslationProducer(self.bundle, self.bundle_sha256, self.plan)
 
 
+class ReportImages(_ProducerSpec):
+    """Image/report pairs from a report corpus: a bundle whose model draws X-rays from reports
+    (factory.models.spec.ReportImaging) makes one for report n of the corpus, in its adapter's order."""
+
+    sample_kind: ClassVar[str] = "pair"
+    type: Literal["report-images"] = "report-images"
+    bundle: str
+    bundle_sha256: str
+    captions: str = Field(description="the report corpus's root")
+    layout: str
+    corpus_sha256: str = Field(description="sha256 of the corpus's index (factory.data.adapters.cxr) when planned")
+    reports: int = Field(ge=0, description="reports in the corpus when planned")
+
+    def build(self, seed: int) -> Producer:
+        from factory.produce.producers import ReportImageProducer
+
+        return ReportImageProducer(seed, self.bundle, self.bundle_sha256, self.captions, self.layout,
+                                   self.corpus_sha256)
+
+
 ProducerSpec = Annotated[Union[PhantomPairs, BundlePairs, BundleImages, CaptionedImages, DatasetCaptions,
-                               BundleTranslation], Field(discriminator="type")]
+                               BundleTranslation, ReportImages], Field(discriminator="type")]
 _ADAPTER: TypeAdapter[ProducerSpec] = TypeAdapter(ProducerSpec)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from factory.data.hounsfield import CT_PNG_OFFSET
 from factory.data.labels import CXR_LABELS
 from factory.errors import BadInputError, FactoryError
-from factory.models.spec import Captioning, ImageSampling, PairSampling, Translation
+from factory.models.spec import Captioning, ImageSampling, PairSampling, ReportImaging, Translation
 from factory.produce.samples import Dropped, Sample
 
 SIXTEEN_BIT = 65535
@@ -321,6 +321,68 @@ class DatasetCaptionProducer:
                                          "file": study.meta.get("image", study.study_id)}},
             ))
         return samples
+
+
+class ReportImageProducer:
+    """An X-ray for each report of a report corpus, by a bundle whose model draws them from reports
+    (factory.models.spec.ReportImaging), so that the corpus becomes image/report pairs.
+
+    Sample n is report n of the corpus in its adapter's order. Its labels are the rule labeler's
+    reading of the report (factory.data.text.labeler); its diagnosis, which the generator is
+    conditioned on with the report's words, is the first positive finding among the bundle's label
+    names, else No Finding; its noise comes from a generator seeded by (seed, n)."""
+
+    sample_kind = "pair"
+
+    def __init__(self, seed: int, bundle_url: str, bundle_sha256: str, captions: str, layout: str,
+                 corpus_sha256: str):
+        import torch
+
+        from factory import storage
+        from factory.data.adapters import open_dataset
+        from factory.models import registry
+        from factory.models.bundle import METADATA_NAME, load_bundle
+
+        self.torch = torch
+        self.bundle = load_bundle(bundle_url, device="cuda" if torch.cuda.is_available() else "cpu")
+        # The run's identity holds both hashes: a bundle or corpus replaced in place since planning
+        # would make shards of one run disagree, so it stops the run instead.
+        if self.bundle.sha256 != bundle_sha256:
+            raise BadInputError(storage.join(bundle_url, METADATA_NAME), "changed since this run was planned; "
+                                                                         "write the run to a new location")
+        self.model = registry.spec(self.bundle.recipe).product(ReportImaging)
+        if self.model is None:
+            raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not draw X-rays from reports")
+        # The images are decoded by the adapter's load but not used: at the smallest size, cheaply.
+        self.corpus = open_dataset(captions, layout, size=16)
+        if self.corpus.index_sha256() != corpus_sha256:
+            raise BadInputError(captions, "its studies changed since this run was planned; "
+                                          "write the run to a new location")
+        self.seed = seed
+        self.noise_dim = self.model.noise_dim(self.bundle.model_config)
+        self.source = {"kind": "bundle", "recipe": self.bundle.recipe, "bundle_id": self.bundle.bundle_id,
+                       "bundle_sha256": self.bundle.sha256}
+
+    def make_batch(self, indices: range) -> list[Sample]:
+        from factory.data.text.labeler import label_report
+
+        names = list(self.bundle.label_names)
+        studies = [self.corpus[index] for index in indices]
+        for study in studies:
+            if not (study.report or "").strip():
+                raise BadInputError(study.meta.get("image", study.study_id), "has no report to draw an X-ray from")
+        labels = [label_report(study.report) for study in studies]
+        diagnoses = [primary_label(np.array([found.get(name, 0.0) for name in names]), names) for found in labels]
+        noise = np.stack([np.random.default_rng([self.seed, index]).standard_normal(self.noise_dim, dtype=np.float32)
+                          for index in indices])
+        descriptions = self.model.describe([s.report for s in studies], diagnoses, self.bundle.vocabulary,
+                                           self.bundle.model_config)
+        images = self.model.generate(self.bundle.nets, self.torch.from_numpy(descriptions),
+                                     self.torch.from_numpy(noise))
+        return [Sample(index=index, images={"png": image}, report=study.report, label=diagnosis,
+                       metadata={"kind": "pair", "source": self.source, "labels": found,
+                                 "primary_label": names[diagnosis], "source_study_id": study.study_id})
+                for index, study, found, diagnosis, image in zip(indices, studies, labels, diagnoses, images)]
 
 
 class TranslationProducer:

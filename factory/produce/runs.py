@@ -13,7 +13,7 @@ from factory.config import CaptionConfig, ProduceConfig, TranslateConfig, yaml_p
 from factory.errors import BadInputError, FactoryError
 from factory.produce.pool import produce
 from factory.produce.producer_specs import (BundleImages, BundlePairs, BundleTranslation, CaptionedImages,
-                                            DatasetCaptions, PhantomPairs, ProducerSpec)
+                                            DatasetCaptions, PhantomPairs, ProducerSpec, ReportImages)
 from factory.produce.shards import RunSpec, canonical_sha256
 
 
@@ -117,11 +117,39 @@ def _image_producer(config: ProduceConfig, bundle: dict[str, Any], recipe: str, 
     return BundleImages(**common, labels=_label_policy_for(config, bundle)), recipe
 
 
+def _report_producer(config: ProduceConfig) -> tuple[ReportImages, str]:
+    """(producer, model name) of a run over a report corpus (--captions): one X-ray per report. The
+    bundle's sha256 and the corpus index's sha256 join the run's identity."""
+    from factory.data.adapters import open_dataset
+    from factory.models import registry
+    from factory.models.bundle import METADATA_NAME, read_metadata, verify_files
+    from factory.models.spec import ReportImaging
+
+    bundle = read_metadata(config.bundle)
+    model = registry.spec(bundle["recipe"])
+    if model.product(ReportImaging) is None:
+        raise BadInputError(f"--bundle {storage.join(config.bundle, METADATA_NAME)}",
+                            f"a {bundle['recipe']} bundle makes {', '.join(model.product_kinds) or 'nothing'}, "
+                            "not X-rays from reports (e.g. justify does)")
+    verify_files(config.bundle, bundle)  # damaged weights are refused before Ray starts
+    corpus = open_dataset(config.captions, config.layout)
+    if config.count > len(corpus):
+        raise BadInputError(config.captions, f"holds {len(corpus)} {config.layout} reports, fewer than "
+                                             f"--count {config.count}")
+    producer = ReportImages(bundle=storage.absolute(config.bundle), bundle_sha256=bundle["sha256"],
+                            captions=storage.absolute(config.captions), layout=config.layout,
+                            corpus_sha256=corpus.index_sha256(), reports=len(corpus))
+    return producer, bundle["recipe"]
+
+
 def production_spec(config: ProduceConfig, command: str = "") -> tuple[ProducerSpec, RunSpec]:
     """(producer spec for the actors, run spec) of a production run. A bundle's producer follows from
-    what its model makes (its spec's products): image/report pairs, else labelled images."""
+    what its model makes (its spec's products): image/report pairs, else labelled images; with a
+    report corpus (--captions), an X-ray for each report."""
     producer: ProducerSpec
-    if config.bundle is not None:
+    if config.captions is not None:
+        producer, name = _report_producer(config)
+    elif config.bundle is not None:
         producer, name = _bundle_producer(config)
     else:
         producer = PhantomPairs(size=config.size)

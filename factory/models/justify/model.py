@@ -10,13 +10,14 @@ Inference (§3.3-3.4), on 8-bit X-rays of any square size (resized to stage1_siz
 - `counterfactual(nets, images, target=None, config=None, seed=0)`: M's r' for the nearest
   alternative diagnosis (the most likely other one, or `target`) and the X-ray G(r') at image_size.
 - `explain(nets, images, config, seed)`: all three, the model's product (spec.Explanation).
-- `generate_from_captions(nets, descriptions, noise)`: the text-to-image generator on its own.
+- `generate_from_captions(nets, descriptions, noise)`: the text-to-image generator on its own, with
+  `describe_reports` what production calls for reports (spec.ReportImaging).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,12 +26,13 @@ from torch import nn
 
 from factory.data.labels import CXR_LABELS
 from factory.data.text.vocab import Vocabulary
-from factory.models.justify.arae import CodeCritic, CodeGenerator, TextAutoencoder, caption_vocabulary
+from factory.models.justify.arae import (CodeCritic, CodeGenerator, TextAutoencoder, caption_vocabulary,
+                                         encode_descriptions)
 from factory.models.justify.config import make_config
 from factory.models.justify.counterfactual import counterfactual_search
 from factory.models.justify.inverse import InverseMapping
 from factory.models.justify.stackgan import Discriminator, Stage1Generator, Stage2Generator
-from factory.models.spec import Explained, Explanation, GeneratorSpec, UntrainedShape
+from factory.models.spec import Explained, Explanation, GeneratorSpec, ReportImaging, UntrainedShape
 
 
 def build_networks(config: Mapping[str, Any]) -> dict[str, nn.Module]:
@@ -189,6 +191,14 @@ def generate_from_captions(nets: Mapping[str, nn.Module], descriptions: torch.Te
     return to_uint8(high)
 
 
+def describe_reports(reports: Sequence[str], diagnoses: Sequence[int], vocabulary: Vocabulary,
+                     config: Mapping[str, Any]) -> np.ndarray:
+    """What the text-to-image generator reads for each report: its first description (the diagnosis,
+    then the first caption's words; the diagnosis alone when the report has no usable caption)."""
+    descriptions, _ = encode_descriptions(reports, diagnoses, vocabulary, make_config(config))
+    return descriptions[:, 0]
+
+
 # Enough phantom reports for every caption word of the report grammar to reach the min count of 6.
 UNTRAINED_REPORTS = 2000
 
@@ -216,5 +226,7 @@ SPEC = GeneratorSpec(
     untrained=untrained_shape,
     untrained_options=("width",),
     recipe="factory.train.recipes.justify:JustifyRecipe",
-    products=(Explanation(explain=explain, decode_captions=decode_captions),),
+    products=(Explanation(explain=explain, decode_captions=decode_captions),
+              ReportImaging(noise_dim=lambda config: make_config(config)["noise_dim"], describe=describe_reports,
+                            generate=generate_from_captions)),
 )
