@@ -71,7 +71,11 @@ def test_report_images_with_one_or_two_actors_byte_identical_and_exactly_once(ra
     again = produce(producer, str(tmp_path / "two"), spec, actors=2, batch_size=2, progress=False)
     assert again["shards"] == two["shards"] and two["count"] == COUNT  # a finished run is not written again
     members = dict(read_tar_members((tmp_path / "two" / shard_name(0)).read_bytes(), "shard"))
-    assert sorted(members)[:4] == ["000000000000.cls", "000000000000.json", "000000000000.png", "000000000000.txt"]
+    key = sorted(members)[0].split(".", 1)[0]
+    assert sorted(n.split(".", 1)[1] for n in members if n.startswith(key + ".")) == ["cls", "json", "png", "txt"]
+    study = open_dataset(str(made / "iu"), "iu-xray")[0]
+    assert json.loads(members[f"{key}.json"])["source_study_id"] == study.study_id
+    assert members[f"{key}.txt"].decode() == study.report
 
 
 def test_a_corpus_changed_since_planning_stops_the_run(made, tmp_path):
