@@ -94,16 +94,25 @@ def _refused(capsys, argv) -> str:
     return lines[0]
 
 
-def test_captions_refusals(made, tmp_path, capsys):
-    assert main(["bundle", "init", "xraygan-cgan", "--out", str(tmp_path / "c"), "--size", "16", "--width", "2"]) == 0
-    base = ["produce", "--captions", str(made / "iu"), "--layout", "iu-xray", "--out", str(tmp_path / "run")]
-    line = _refused(capsys, [*base, "--bundle", str(tmp_path / "c"), "--count", "2"])
-    assert "a xraygan-cgan bundle makes images, not X-rays from reports" in line
-    line = _refused(capsys, [*base, "--bundle", str(made / "justify"), "--count", str(COUNT + 1)])
-    assert f"holds {COUNT} iu-xray reports, fewer than --count {COUNT + 1}" in line
-    line = _refused(capsys, ["produce", "--captions", str(made / "iu"), "--bundle", str(made / "justify"),
-                             "--count", "2", "--out", str(tmp_path / "run")])
-    assert "captions and layout go together" in line
-    line = _refused(capsys, [*base, "--bundle", str(made / "justify"), "--count", "2", "--labels", "balanced"])
-    assert "the labels come from each report" in line
-    assert not (tmp_path / "run").exists()
+CASES = {"not-a-text-to-image-bundle": "a xraygan-cgan bundle makes images, not X-rays from reports",
+         "count-past-the-corpus": f"holds {COUNT} iu-xray reports, fewer than --count {COUNT + 1}",
+         "captions-without-layout": "captions and layout go together",
+         "captions-with-labels": "the labels come from each report"}
+
+
+@pytest.mark.parametrize("case, expected", [pytest.param(c, e, id=c) for c, e in CASES.items()])
+def test_captions_refusals(made, tmp_path, capsys, case, expected):
+    argv = ["produce", "--captions", str(made / "iu"), "--layout", "iu-xray", "--bundle", str(made / "justify"),
+            "--count", "2", "--out", str(tmp_path / "run")]
+    if case == "not-a-text-to-image-bundle":
+        assert main(["bundle", "init", "xraygan-cgan", "--out", str(tmp_path / "c"), "--size", "16",
+                     "--width", "2"]) == 0
+        argv[argv.index("--bundle") + 1] = str(tmp_path / "c")
+    elif case == "count-past-the-corpus":
+        argv[argv.index("--count") + 1] = str(COUNT + 1)
+    elif case == "captions-without-layout":
+        argv[3:5] = []
+    else:
+        argv += ["--labels", "balanced"]
+    capsys.readouterr()
+    assert expected in _refused(capsys, argv) and not (tmp_path / "run").exists()
