@@ -92,7 +92,8 @@ def test_an_unreadable_image_is_refused(bundle, capsys, images, tmp_path):
     bad.write_text("not an image")
     line = _refused(capsys, ["explain", "--bundle", bundle, images[0], str(bad), "--out", str(tmp_path / "o")])
     assert f"{bad}: unreadable image" in line and not (tmp_path / "o").exists()
-    line = _refused(capsys, ["explain", "--bundle", bundle, str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")])
+    line = _refused(capsys, ["explain", "--bundle", bundle, str(tmp_path / "missing.png"),
+                             "--out", str(tmp_path / "o")])
     assert "missing.png: cannot read the image" in line
 
 
@@ -101,4 +102,5 @@ def test_an_output_folder_with_other_content_is_refused(bundle, capsys, images, 
     (tmp_path / "o" / "keep.txt").write_text("mine")
     line = _refused(capsys, ["explain", "--bundle", bundle, images[0], "--out", str(tmp_path / "o")])
     assert "exists and is not an empty folder" in line
-    assert [p.name for p in (tmp_path / "o").iterdir()] == ["keep.txt"] and (tmp_path / "o" / "keep.txt").read_text() == "mine"
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["keep.txt"]
+    assert (tmp_path / "o" / "keep.txt").read_text() == "mine"
