@@ -353,8 +353,7 @@ class ReportImageProducer:
         self.model = registry.spec(self.bundle.recipe).product(ReportImaging)
         if self.model is None:
             raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not draw X-rays from reports")
-        # The images are decoded by the adapter's load but not used: at the smallest size, cheaply.
-        self.corpus = open_dataset(captions, layout, size=16)
+        self.corpus = open_dataset(captions, layout)
         if self.corpus.index_sha256() != corpus_sha256:
             raise BadInputError(captions, "its studies changed since this run was planned; "
                                           "write the run to a new location")
@@ -367,7 +366,7 @@ class ReportImageProducer:
         from factory.data.text.labeler import label_report
 
         names = list(self.bundle.label_names)
-        studies = [self.corpus[index] for index in indices]
+        studies = [self.corpus.load(index, image=False) for index in indices]  # the reports alone
         for study in studies:
             if not (study.report or "").strip():
                 raise BadInputError(study.meta.get("image", study.study_id), "has no report to draw an X-ray from")
