@@ -97,7 +97,8 @@ def _refused(capsys, argv) -> str:
 CASES = {"not-a-text-to-image-bundle": "a xraygan-cgan bundle makes images, not X-rays from reports",
          "count-past-the-corpus": f"holds {COUNT} iu-xray reports, fewer than --count {COUNT + 1}",
          "captions-without-layout": "captions and layout go together",
-         "captions-with-labels": "the labels come from each report"}
+         "captions-with-labels": "the labels come from each report",
+         "captions-with-reports": "the labels come from each report, which is the corpus's own"}
 
 
 @pytest.mark.parametrize("case, expected", [pytest.param(c, e, id=c) for c, e in CASES.items()])
@@ -112,7 +113,9 @@ def test_captions_refusals(made, tmp_path, capsys, case, expected):
         argv[argv.index("--count") + 1] = str(COUNT + 1)
     elif case == "captions-without-layout":
         argv[3:5] = []
-    else:
+    elif case == "captions-with-labels":
         argv += ["--labels", "balanced"]
+    else:
+        argv += ["--reports", str(made / "justify")]
     capsys.readouterr()
     assert expected in _refused(capsys, argv) and not (tmp_path / "run").exists()
