@@ -68,6 +68,18 @@ def botocore_config(net: NetworkSettings | None = None) -> dict:
             "retries": {"max_attempts": net.attempts, "mode": "standard"}}
 
 
+def without_expect_continue() -> None:
+    """Stop botocore from sending `Expect: 100-continue` on S3 uploads (in sessions made from now on).
+    aiohttp, under s3fs, waits for the interim "100 Continue" before it sends the body, and no timeout
+    covers that wait: an endpoint that accepts the connection and never answers hung every write forever
+    (reads timed out). Without the header the read timeout bounds the wait for the answer. The header only
+    spares sending a body the store would refuse, which retries make up for."""
+    from botocore import handlers
+
+    handlers.BUILTIN_HANDLERS[:] = [spec for spec in handlers.BUILTIN_HANDLERS
+                                    if spec[1] is not handlers.add_expect_header]
+
+
 def delays(net: NetworkSettings | None = None) -> list[float]:
     """The waits between tries: backoff_s doubling up to backoff_max_s, one fewer than attempts."""
     net = net or settings()

@@ -70,6 +70,7 @@ def filesystem(url: str, storage_options: StorageOptions = None) -> tuple[fsspec
     """The filesystem for `url` and the path inside it."""
     options = dict(storage_options or {})
     if protocol_of(url) == "s3":
+        network.without_expect_continue()
         options = {**s3_options_from_env(), **options}
         # Every S3 call waits and retries as factory.network says; explicit config_kwargs win key by key.
         options["config_kwargs"] = {**network.botocore_config(), **options.get("config_kwargs", {})}
@@ -276,6 +277,23 @@ def atomic_writer(url: str, storage_options: StorageOptions = None) -> Iterator[
         raise
     f.close()
     fs.invalidate_cache(parent)
+
+
+def create_exclusive(url: str, data: bytes, storage_options: StorageOptions = None) -> bool:
+    """Write `data` at `url` only if nothing is there: True if this call created it, False if it existed.
+    Exclusive on a local disk (O_EXCL) and on S3 (a conditional put, If-None-Match: *), so of two
+    writers racing for one name exactly one wins."""
+    fs, path = filesystem(url, storage_options)
+    if not is_object_store(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with reported(url):
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:  # on S3 a refused precondition (412), which reported() would call an error
+            return False
+    if is_object_store(fs):
+        fs.invalidate_cache(posixpath.dirname(path))
+    return True
 
 
 def atomic_put(url: str, data: bytes, storage_options: StorageOptions = None) -> None:

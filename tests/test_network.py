@@ -105,3 +105,21 @@ def test_an_unreachable_ray_address_is_one_line_within_seconds(monkeypatch, caps
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"medsynth produce: error: RAY_ADDRESS=ray://{address}: cannot reach"), line
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_an_upload_to_an_endpoint_that_never_answers_times_out(s3_root, monkeypatch):
+    """An endpoint that accepts connections and stays silent: a write gives up after the read timeout. With
+    botocore's `Expect: 100-continue` aiohttp waited for the interim answer with no timeout at all, forever
+    (factory.network.without_expect_continue)."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        for name, value in {**QUICK, "MEDSYNTH_NETWORK_ATTEMPTS": "1", "MEDSYNTH_READ_TIMEOUT_S": "1"}.items():
+            monkeypatch.setenv(name, value)
+        start = time.monotonic()
+        with pytest.raises(Exception, match="Read timeout on endpoint URL"):
+            storage.atomic_put(storage.join(s3_root, "object.bin"), b"x" * 1000)
+        assert time.monotonic() - start < 15

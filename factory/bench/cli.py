@@ -13,6 +13,8 @@ BENCHMARKS = {
     "train": ("factory.bench.train", "train emixer|xraygan: learning curves within 30 CPU-minutes (emixer --compare: DDP vs "
                                      "ZeRO-0 vs ZeRO-2; xraygan: the paper's Tables 3 and 4)"),
     "load": ("factory.bench.load", "production driver at 1k-100k shards: memory, manifest size, resume scan time"),
+    "faults": ("factory.bench.faults", "fault matrix: killed driver/actor/node, S3 outage, full disk, two drivers, "
+                                       "killed training worker, replaced bundle: samples lost, duplicated, recovery"),
     "duiit": ("factory.bench.duiit", "DUIIT on brain phantoms: CT age MSE with MRI/PET translated into CT (paper Tables 2-4)"),
 }
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Container, Iterator
 from factory import storage
 from factory.errors import FactoryError, StorageError
 from factory.produce.gates import build_gate
+from factory.produce.lock import driver_lock
 from factory.produce.manifest import build_manifest, existing_manifest, finish_run
 from factory.produce.metrics import PoolMetrics
 from factory.produce.producer_specs import ProducerSpec
@@ -137,14 +138,25 @@ def produce(
     progress reporting, benchmarks). `finish(records)` runs once every shard has committed and the
     actors are gone, before the manifest: work built from the committed shards (a translation's
     Zarr volumes); what it returns becomes the manifest's `extra`. It must be resumable itself: an
-    interrupted run calls it again."""
-    from tqdm import tqdm
-
+    interrupted run calls it again. One driver at a time writes a run location (factory.produce.lock):
+    another one started there meanwhile is refused."""
     out = storage.absolute(out)
     manifest = existing_manifest(out, spec)
     if manifest is not None:
         log.info("%s already holds the finished run %s", out, spec.run_id)
         return manifest
+    with driver_lock(out, spec.run_id):
+        # Another driver may have finished the run while this one waited for the lock.
+        return existing_manifest(out, spec) or _produce(producer_spec, out, spec, actors, cpus_per_actor,
+                                                        gpus_per_actor, batch_size, gates, progress,
+                                                        actor_name_prefix, on_commit, finish)
+
+
+def _produce(producer_spec, out, spec, actors, cpus_per_actor, gpus_per_actor, batch_size, gates, progress,
+             actor_name_prefix, on_commit, finish) -> dict[str, Any]:
+    """produce() once this driver holds the run location."""
+    from tqdm import tqdm
+
     records = committed_shards(out, spec)
     ray = connect_ray()
     need = {"CPU": cpus_per_actor, "GPU": gpus_per_actor}

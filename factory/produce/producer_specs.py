@@ -56,7 +56,7 @@ class BundlePairs(_ProducerSpec):
     def build(self, seed: int) -> Producer:
         from factory.produce.producers import BundlePairProducer
 
-        return BundlePairProducer(seed, self.bundle, self.labels, self.count)
+        return BundlePairProducer(seed, self.bundle, self.labels, self.count, self.bundle_sha256)
 
 
 class BundleImages(_ProducerSpec):
@@ -84,7 +84,7 @@ class BundleImages(_ProducerSpec):
     def build(self, seed: int) -> Producer:
         from factory.produce.producers import BundleImageProducer
 
-        return BundleImageProducer(seed, self.bundle, self.labels, self.count, self.threshold)
+        return BundleImageProducer(seed, self.bundle, self.labels, self.count, self.threshold, self.bundle_sha256)
 
 
 class CaptionedImages(BundleImages):

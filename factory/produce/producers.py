@@ -116,6 +116,21 @@ class LabelPolicy:
         return self.combos[self.layout[index]]
 
 
+def load_planned_bundle(bundle_url: str, bundle_sha256: str | None, device: str):
+    """The bundle a run was planned with. The run's identity holds its sha256: a bundle replaced in place
+    since planning (read by a replacement actor, or by a resumed run's actors) would make shards of one run
+    disagree, so it stops the run instead, naming the bundle."""
+    from factory import storage
+    from factory.models.bundle import METADATA_NAME, load_bundle
+
+    bundle = load_bundle(bundle_url, device=device)
+    if bundle_sha256 is not None and bundle.sha256 != bundle_sha256:
+        raise BadInputError(storage.join(bundle_url, METADATA_NAME),
+                            "changed since this run was planned (its sha256 differs); write the run to a new "
+                            "location, or put the bundle it was planned with back")
+    return bundle
+
+
 class BundlePairProducer:
     """Image/report pairs from a label-conditioned generator bundle (EMIXER and kin).
 
@@ -125,15 +140,15 @@ class BundlePairProducer:
 
     sample_kind = "pair"
 
-    def __init__(self, seed: int, bundle_url: str, labels: str | dict[str, int], count: int):
+    def __init__(self, seed: int, bundle_url: str, labels: str | dict[str, int], count: int,
+                 bundle_sha256: str | None = None):
         import torch
 
         from factory.models import registry
-        from factory.models.bundle import load_bundle
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.bundle = load_bundle(bundle_url, device=self.device)
+        self.bundle = load_planned_bundle(bundle_url, bundle_sha256, self.device)
         self.model = registry.spec(self.bundle.recipe).product(PairSampling)
         if self.model is None:
             raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not make image/report pairs")
@@ -178,15 +193,14 @@ class BundleImageProducer:
     PSEUDO_LABEL_DROP = "pseudo-label-confidence"
 
     def __init__(self, seed: int, bundle_url: str, labels: str | dict[str, int] | None, count: int,
-                 threshold: float | None):
+                 threshold: float | None, bundle_sha256: str | None = None):
         import torch
 
         from factory.models import registry
-        from factory.models.bundle import load_bundle
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.bundle = load_bundle(bundle_url, device=self.device)
+        self.bundle = load_planned_bundle(bundle_url, bundle_sha256, self.device)
         self.model = registry.spec(self.bundle.recipe).product(ImageSampling)
         if self.model is None:
             raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not make labelled images")
@@ -409,7 +423,6 @@ class TranslationProducer:
         from factory import storage
         from factory.data.adapters.volumes import open_volumes
         from factory.models import registry
-        from factory.models.bundle import METADATA_NAME, load_bundle
         from factory.produce.translate_plan import LABELS_NAME, SlicePlan, labels_sha256
 
         self.torch = torch
@@ -420,10 +433,7 @@ class TranslationProducer:
         if labels_sha256(self.plan.root) != plan["labels_sha256"]:
             raise BadInputError(self.labels_url, "changed since this run was planned; "
                                                  "write the translation to a new location")
-        self.bundle = load_bundle(bundle_url, device="cuda" if torch.cuda.is_available() else "cpu")
-        if self.bundle.sha256 != bundle_sha256:
-            raise BadInputError(storage.join(bundle_url, METADATA_NAME), "changed since this run was planned; "
-                                                                         "write the translation to a new location")
+        self.bundle = load_planned_bundle(bundle_url, bundle_sha256, "cuda" if torch.cuda.is_available() else "cpu")
         self.model = registry.spec(self.bundle.recipe).product(Translation)
         if self.model is None:
             raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not translate images")
