@@ -126,6 +126,8 @@ def check_run(out: str, count: int) -> dict[str, Any]:
     from factory.run_manifest import read_manifest
 
     result: dict[str, Any] = {"problems": []}
+    # This process listed the location while other processes wrote it: forget s3fs's cached listings.
+    storage.filesystem(out)[0].invalidate_cache()
     try:
         manifest = read_manifest(out)
         verify_run(out, manifest)
