@@ -331,7 +331,8 @@ def fault_node_killed(bench: Bench) -> dict[str, Any]:
     state_dir = Path(tempfile.mkdtemp(prefix="mfn", dir="/tmp"))
     script = [sys.executable, str(REPO / "cluster" / "local_cluster.py")]
     subprocess.run([*script, "up", "--state-dir", str(state_dir), "--head-cpus", "1", "--worker", "2",
-                    "--timeout", "120"], check=True, cwd=REPO, stdout=subprocess.DEVNULL, env=bench.env())
+                    "--timeout", "300"], check=True, cwd=REPO, stdout=subprocess.DEVNULL,
+                   env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})  # its own cluster, not the bench's
     try:
         state = json.loads((state_dir / "cluster.json").read_text())
         worker = next(node for node in state["nodes"] if node["spec"]["name"] == "worker")
