@@ -30,6 +30,10 @@ def connect_ray():
 
     import ray
 
+    # The driver retrieves every result it needs. When a run stops on an error, the results still in
+    # flight are dropped, and Ray would log each one's error again as a traceback after the one line
+    # that reports it (an actor refusing a changed bundle fails each shard it held).
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     if not ray.is_initialized():
         check_ray_address(os.environ.get("RAY_ADDRESS", ""))
         # RAY_ADDRESS, when set, points at an existing cluster; otherwise a local one starts. Workers'

@@ -522,7 +522,8 @@ def fault_bundle_replaced_mid_run(bench: Bench) -> dict[str, Any]:
     replaced_at = time.monotonic()
     code, output = finish(driver)
     line = last_line(output)
-    refused = code == 2 and "bundle.json: changed since this run was planned" in line
+    refused = code == 2 and line.startswith("medsynth produce: error: ") and \
+        "bundle.json: changed since this run was planned" in line
     for name in ("weights.safetensors", "bundle.json"):
         shutil.copy(bundles / "saved" / name, bundles / "used" / name)
     again, _ = rerun(bench, command)
@@ -557,7 +558,13 @@ def fault_training_worker_killed(bench: Bench, steps: int = 30) -> dict[str, Any
         return max((json.loads(p.read_text())["step"] for p in run_dir.glob("checkpoint_*/runner_state.json")),
                    default=0)
 
-    wait_for(lambda: checkpointed() >= 4, driver, timeout=600)
+    def registered() -> bool:  # Ray Train has taken a checkpoint once every worker reported it
+        try:
+            return bool(json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text()))
+        except (OSError, ValueError):
+            return False
+
+    wait_for(registered, driver, timeout=600)
     workers = _actor_processes(bench, "RayTrainWorker")
     if not workers:
         raise RuntimeError("no Ray Train worker found")
@@ -567,11 +574,11 @@ def fault_training_worker_killed(bench: Bench, steps: int = 30) -> dict[str, Any
     code, output = finish(driver)
     took = time.monotonic() - killed_at
     resumed = output.split("resumed from step ")[1].split(")")[0] if "resumed from step " in output else "?"
-    steps_done = load_bundle(str(folder / "bundle")).metadata["metrics"]["steps"] if code == 0 else None
+    steps_done = int(load_bundle(str(folder / "bundle")).metadata["metrics"]["steps"]) if code == 0 else None
     ok = code == 0 and steps_done == steps and resumed.isdigit() and 4 <= int(resumed) <= steps
     check = {"problems": [] if ok else [f"exit {code}: {output[-1500:]}"], "lost": 0, "duplicated": 0}
     return row("training-worker-killed", "local", f"worker pid {workers[-1].pid} SIGKILLed after the checkpoint of "
-               f"step {newest}; the worker group restarted, resumed from step {resumed} and ran to step "
+               f"step {newest} was taken; the worker group restarted, resumed from step {resumed} and ran to step "
                f"{steps_done} of {steps}, bundle exported (exit {code})", check, took, ok)
 
 
