@@ -530,7 +530,7 @@ def fault_bundle_replaced_mid_run(bench: Bench) -> dict[str, Any]:
     took = time.monotonic() - replaced_at
     return row("bundle-replaced-mid-run", "local", f"the replacement actor refused the changed bundle, the run "
                f"stopped (exit {code}): \"{line}\"; with the bundle put back the rerun finished (exit {again})",
-               check_run(out, 400), took, refused and again == 0)
+               check_run(out, 400), took, refused and again == 0) | ({} if refused else {"output": output[-3000:]})
 
 
 TRAIN_MODEL = {"g_width": 8, "d_width": 8, "f_width": 8, "hidden": 32, "word_embedding": 32, "image_feature": 32,
