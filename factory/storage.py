@@ -220,7 +220,7 @@ def check_writable(url: str, storage_options: StorageOptions = None) -> None:
         if object_store:
             fs.retries = 1  # s3fs's own retries come on top of botocore's
         else:
-            created = _missing_folders(fs, path)
+            created = missing_folders(fs, path)
             fs.makedirs(path, exist_ok=True)
         probe = posixpath.join(path, _PROBE_NAME)
         fs.pipe_file(probe, b"")
@@ -241,7 +241,7 @@ def check_writable(url: str, storage_options: StorageOptions = None) -> None:
                 fs.rmdir(folder)
 
 
-def _missing_folders(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+def missing_folders(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
     """`path` and those of its parents that do not exist, deepest first."""
     missing = []
     while not fs.exists(path) and posixpath.dirname(path) != path:

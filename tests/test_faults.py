@@ -111,3 +111,12 @@ def test_a_bundle_replaced_since_its_run_was_planned_is_refused_naming_it(tmp_pa
     BundlePairs(bundle=url, bundle_sha256=planned, count=4).build(0)  # the bundle it was planned with
     with pytest.raises(BadInputError, match=rf"^{url}/bundle.json: changed since this run was planned"):
         BundlePairs(bundle=url, bundle_sha256="0" * 64, count=4).build(0)
+
+
+def test_a_driver_refused_after_taking_the_lock_leaves_no_folder_behind(tmp_path):
+    out = tmp_path / "new" / "run"
+    with pytest.raises(RuntimeError):
+        with lock.driver_lock(str(out), "r"):
+            assert (out / lock.LOCK_NAME).exists()
+            raise RuntimeError("refused")
+    assert not (tmp_path / "new").exists()

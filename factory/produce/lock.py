@@ -84,6 +84,9 @@ def driver_lock(out: str, run_id: str) -> Iterator[None]:
     BadInputError naming the lock and the driver that holds it."""
     url = lock_url(out)
     token, started = uuid.uuid4().hex, _now()
+    fs, path = storage.filesystem(out)
+    # Folders the lock makes on a disk go again with it when the run wrote nothing (refused after the lock).
+    made = [] if storage.is_object_store(fs) else storage.missing_folders(fs, path)
     while not storage.create_exclusive(url, _document(run_id, token, started)):
         holder = _read(url)
         if holder is None:
@@ -120,3 +123,6 @@ def driver_lock(out: str, run_id: str) -> Iterator[None]:
             holder = _read(url)
             if holder and holder.get("token") == token:
                 storage.remove(url)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                fs.rmdir(folder)
