@@ -335,7 +335,7 @@ def fault_node_killed(bench: Bench) -> dict[str, Any]:
                    env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})  # its own cluster, not the bench's
     try:
         state = json.loads((state_dir / "cluster.json").read_text())
-        worker = next(node for node in state["nodes"] if node["spec"]["name"] == "worker")
+        worker = next(node for node in state["nodes"] if node["spec"]["name"].startswith("worker"))
         out = bench.out("local")
         command = produce_command(out)
         command[command.index("--actors") + 1] = "3"
