@@ -615,11 +615,17 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(FAULTS), help=f"comma-separated faults: {', '.join(FAULTS)}")
     parser.add_argument("--out", default="docs/bench/faults.json", help="JSON results")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows of --out of faults not run now (each row records when it was measured)")
     args = parser.parse_args(argv)
     names = args.only.split(",")
     unknown = sorted(set(names) - set(FAULTS))
     if unknown:
         parser.error(f"unknown faults {unknown}; known: {', '.join(FAULTS)}")
+    kept: list[dict[str, Any]] = []
+    if args.update and os.path.exists(args.out):
+        with open(args.out) as f:
+            kept = [r for r in json.load(f)["results"] if r["fault"] not in names]
     bench = Bench()
     rows: list[dict[str, Any]] = []
     try:
@@ -632,17 +638,18 @@ def main(argv: list[str] | None = None) -> int:
                 result = {"fault": name, "store": "", "happened": f"bench error: {type(err).__name__}: {err}",
                           "lost": None, "duplicated": None, "recover_s": None, "problems": [str(err)], "ok": False}
             result |= {"wall_s": round(time.monotonic() - began, 1), "load_before": load,
-                       "load_after": os.getloadavg()}
+                       "load_after": os.getloadavg(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             rows.append(result)
             print(f"[{number}/{len(names)}] {name}: {'ok' if result['ok'] else 'FAILED'} "
                   f"({result['wall_s']:.0f} s) {result['happened']}", file=sys.stderr, flush=True)
             _write(args.out, {"benchmark": "faults", "machine": machine(), "settings": vars(args)
                               | {"count": COUNT, "shard_size": SHARD_SIZE, "size": SIZE, "actors": ACTORS,
                                  "network": NETWORK_ENV},
-                              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": rows})
+                              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "results": sorted(kept + rows, key=lambda r: list(FAULTS).index(r["fault"]))})
     finally:
         bench.close()
-    print(table(rows))
+    print(table(sorted(kept + rows, key=lambda r: list(FAULTS).index(r["fault"]))))
     print(f"\nwritten to {args.out}")
     return 0 if all(r["ok"] for r in rows) else 1
 
