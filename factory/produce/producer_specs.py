@@ -100,7 +100,7 @@ class CaptionedImages(BundleImages):
         from factory.produce.producers import CaptionedImageProducer
 
         return CaptionedImageProducer(seed, self.bundle, self.labels, self.count, self.threshold, self.reports,
-                                      self.reports_sha256)
+                                      self.reports_sha256, self.bundle_sha256)
 
 
 class DatasetCaptions(_ProducerSpec):

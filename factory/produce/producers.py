@@ -255,14 +255,9 @@ class Captioner:
     def __init__(self, bundle_url: str, bundle_sha256: str):
         import torch
 
-        from factory import storage
         from factory.models import registry
-        from factory.models.bundle import METADATA_NAME, load_bundle
 
-        self.bundle = load_bundle(bundle_url, device="cuda" if torch.cuda.is_available() else "cpu")
-        if self.bundle.sha256 != bundle_sha256:
-            raise BadInputError(storage.join(bundle_url, METADATA_NAME), "changed since this run was planned; "
-                                                                         "write the run to a new location")
+        self.bundle = load_planned_bundle(bundle_url, bundle_sha256, "cuda" if torch.cuda.is_available() else "cpu")
         self.model = registry.spec(self.bundle.recipe).product(Captioning)
         if self.model is None:
             raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not write reports for images")
@@ -285,8 +280,8 @@ class CaptionedImageProducer(BundleImageProducer):
     sample_kind = "pair"
 
     def __init__(self, seed: int, bundle_url: str, labels: str | dict[str, int] | None, count: int,
-                 threshold: float | None, reports_url: str, reports_sha256: str):
-        super().__init__(seed, bundle_url, labels, count, threshold)
+                 threshold: float | None, reports_url: str, reports_sha256: str, bundle_sha256: str | None = None):
+        super().__init__(seed, bundle_url, labels, count, threshold, bundle_sha256)
         self.captioner = Captioner(reports_url, reports_sha256)
 
     def make_batch(self, indices: range) -> list[Sample | Dropped]:
