@@ -1,5 +1,6 @@
 """What several recipes share: Adam at constant rates read from the model config, no state between
-steps, and the training labels' prior that bundles store for production."""
+steps, the training labels' prior that bundles store for production, and the report vocabulary of
+the training data, parsed once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from factory.train.data import DataPart
+    from factory.data.text.vocab import Vocabulary
+    from factory.train.data import DataPart, TrainingData
 
 
 def label_prior(part: DataPart) -> list[dict[str, Any]]:
@@ -19,6 +21,19 @@ def label_prior(part: DataPart) -> list[dict[str, Any]]:
     combos, counts = np.unique(positives, axis=0, return_counts=True)
     return [{"labels": [n for n, on in zip(part.label_names, combo) if on] or ["No Finding"],
              "share": float(c / counts.sum())} for combo, c in zip(combos, counts)]
+
+
+class TrainingVocabulary:
+    """Part of a recipe whose training data carry a report vocabulary (`data.info["vocabulary"]`)."""
+
+    vocabulary: Vocabulary | None = None
+
+    def _vocabulary(self, data: TrainingData) -> Vocabulary:
+        if self.vocabulary is None:
+            from factory.data.text.vocab import Vocabulary
+
+            self.vocabulary = Vocabulary.from_json(data.info["vocabulary"], "vocabulary")
+        return self.vocabulary
 
 
 class ConstantAdamRecipe:

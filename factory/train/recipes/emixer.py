@@ -64,7 +64,7 @@ from factory.data.text.vocab import Vocabulary
 from factory.models import emixer
 from factory.models.registry import build_networks
 from factory.train.engines import Engine, frozen
-from factory.train.recipes.common import ConstantAdamRecipe, label_prior
+from factory.train.recipes.common import ConstantAdamRecipe, TrainingVocabulary, label_prior
 
 if TYPE_CHECKING:
     from factory.models.bundle import Bundle
@@ -108,14 +108,13 @@ def encoder_label_loss(logits: torch.Tensor, labels: torch.Tensor, labelled: tor
     return torch.where(labelled, per_sample, torch.zeros_like(per_sample)).sum() / labelled.sum().clamp(min=1)
 
 
-class EmixerRecipe(ConstantAdamRecipe):
+class EmixerRecipe(TrainingVocabulary, ConstantAdamRecipe):
     name = "emixer"
     net_names: tuple[str, ...] = emixer.NET_NAMES
     progress_metrics = ("d_image", "g_image", "f_word_nll")  # what the training progress bar shows
 
     def __init__(self) -> None:
         self.config: dict[str, Any] | None = None
-        self.vocabulary: Vocabulary | None = None
         self.started_from: dict[str, Any] | None = None
 
     def start_from(self, nets: Mapping[str, nn.Module], bundle: Bundle, data: TrainingData) -> dict[str, Any]:
@@ -188,11 +187,6 @@ class EmixerRecipe(ConstantAdamRecipe):
             training_data["f_encoder_started_from"] = self.started_from
         return {"label_names": list(part.label_names), "vocabulary": data.info["vocabulary"],
                 "training_data": training_data}
-
-    def _vocabulary(self, data: TrainingData) -> Vocabulary:
-        if self.vocabulary is None:
-            self.vocabulary = Vocabulary.from_json(data.info["vocabulary"], "vocabulary")
-        return self.vocabulary
 
     def train_step(self, engines: Mapping[str, Engine], batch: Mapping[str, torch.Tensor], step: int,
                    generator: torch.Generator) -> dict[str, float]:

@@ -44,7 +44,7 @@ from factory.models.justify import arae
 from factory.models.justify.config import NET_NAMES, STAGE_NETS, STAGES, make_config, stage_at
 from factory.models.registry import build_networks
 from factory.train.engines import Engine, frozen
-from factory.train.recipes.common import ConstantAdamRecipe, label_prior
+from factory.train.recipes.common import ConstantAdamRecipe, TrainingVocabulary, label_prior
 
 if TYPE_CHECKING:
     from factory.config import TrainDataConfig
@@ -86,13 +86,12 @@ def diagnosis_weight(epoch: int) -> float:
     return math.log10(epoch + 1)
 
 
-class JustifyRecipe(ConstantAdamRecipe):
+class JustifyRecipe(TrainingVocabulary, ConstantAdamRecipe):
     name = "justify"
     progress_metrics = ("stage", "ae_nll", "d1", "g1", "d2", "g2", "i_total")
 
     def __init__(self) -> None:
         self.config: dict[str, Any] | None = None
-        self.vocabulary: Vocabulary | None = None
         self.studies = 0  # the training set's size (an epoch of eq. 1)
         self.steps_done = 0  # what the bundle's stages_trained is read from; kept in checkpoints
 
@@ -164,11 +163,6 @@ class JustifyRecipe(ConstantAdamRecipe):
                 done.append(stage)
         return {"label_names": list(part.label_names), "vocabulary": data.info["vocabulary"],
                 "training_data": {"label_prior": label_prior(part), "stages_trained": done}}
-
-    def _vocabulary(self, data: TrainingData) -> Vocabulary:
-        if self.vocabulary is None:
-            self.vocabulary = Vocabulary.from_json(data.info["vocabulary"], "vocabulary")
-        return self.vocabulary
 
     # --- training ---------------------------------------------------------------------------------
 

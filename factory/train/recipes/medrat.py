@@ -32,7 +32,7 @@ from factory.data.unpaired import IMAGES, REPORTS, split_record
 from factory.models import medrat
 from factory.models.registry import build_networks
 from factory.train.engines import Engine
-from factory.train.recipes.common import ConstantAdamRecipe
+from factory.train.recipes.common import ConstantAdamRecipe, TrainingVocabulary
 
 if TYPE_CHECKING:
     from factory.config import TrainDataConfig
@@ -45,14 +45,13 @@ def present(labels: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(labels, nan=0.0).eq(1.0).float()
 
 
-class MedratRecipe(ConstantAdamRecipe):
+class MedratRecipe(TrainingVocabulary, ConstantAdamRecipe):
     name = "medrat"
     net_names: tuple[str, ...] = medrat.NET_NAMES
     progress_metrics = ("lang", "contrast", "class_image")  # what the training progress bar shows
 
     def __init__(self) -> None:
         self.config: dict[str, Any] | None = None
-        self.vocabulary: Vocabulary | None = None
 
     def data_parts(self, overrides: Mapping[str, Any]) -> tuple[str, ...]:
         """The two sides of the unpaired split: images of some patients, reports of others."""
@@ -120,11 +119,6 @@ class MedratRecipe(ConstantAdamRecipe):
         """Label names, the vocabulary and the unpaired split's proof (both sides' patient hashes)."""
         return {"label_names": list(data.parts[IMAGES].label_names), "vocabulary": data.info["vocabulary"],
                 "training_data": {"unpaired": data.info["unpaired"]}}
-
-    def _vocabulary(self, data: TrainingData) -> Vocabulary:
-        if self.vocabulary is None:
-            self.vocabulary = Vocabulary.from_json(data.info["vocabulary"], "vocabulary")
-        return self.vocabulary
 
 
 def make_batch(images: torch.Tensor, image_labels: torch.Tensor, reports: list[str], report_labels: torch.Tensor,
