@@ -194,3 +194,24 @@ def test_endpoint_lost_mid_run_stops_in_one_line_and_keeps_committed_shards(s3_e
     assert str(caught.value).endswith("; committed shards are kept, run the same command again to resume")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     assert list(committed_shards(s3_root, spec)) == [0]
+
+
+def test_resuming_after_the_bundle_was_replaced_names_the_bundle(tmp_path):
+    import shutil
+
+    from factory.errors import BadInputError
+    from factory.models.cli import init_bundle
+    from factory.produce.runs import production_spec
+    from factory.produce.shards import write_shard
+
+    bundle, other, out = tmp_path / "bundle", tmp_path / "other", str(tmp_path / "run")
+    init_bundle(str(bundle), "emixer", size=32, width=4, seed=1)
+    init_bundle(str(other), "emixer", size=32, width=4, seed=2)
+    config = ProduceConfig(bundle=str(bundle), count=8, shard_size=4, out=out)
+    producer, spec = production_spec(config)
+    write_shard(out, spec, 0, producer.build(spec.seed).make_batch(range(4)))  # a run stopped after one shard
+    for name in ("bundle.json", "weights.safetensors"):
+        shutil.copyfile(other / name, bundle / name)
+    _, replanned = production_spec(config)
+    with pytest.raises(BadInputError, match=rf"^{bundle}/bundle.json: is not the bundle run {spec.run_id} at "):
+        committed_shards(out, replanned)

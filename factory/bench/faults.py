@@ -494,7 +494,7 @@ def fault_bundle_replaced(bench: Bench) -> dict[str, Any]:
     replaced_at = time.monotonic()
     code, output = rerun(bench, command)
     line = last_line(output)
-    refused = code == 2 and ".commit.json: belongs to run" in line
+    refused = code == 2 and "used/bundle.json: is not the bundle run" in line
     for name in ("weights.safetensors", "bundle.json"):
         shutil.copy(bundles / "saved" / name, bundles / "used" / name)
     again, _ = rerun(bench, command)

@@ -7,6 +7,7 @@ writer serves small runs, tests and data already in hand. Both share the shard a
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
@@ -14,11 +15,11 @@ from typing import Any, Iterable
 from tqdm import tqdm
 
 from factory import storage
-from factory.errors import FactoryError
+from factory.errors import BadInputError, FactoryError
 from factory.produce.manifest import build_manifest, existing_manifest, finish_run
 from factory.produce.samples import Dropped, Sample
-from factory.produce.shards import (RunSpec, check_belongs, read_sidecar, sidecar_index, sidecar_name, verify_shard,
-                                    write_shard)
+from factory.produce.shards import (RunSpec, check_belongs, read_sidecar, read_tar_members, sidecar_index,
+                                    sidecar_name, verify_shard, write_shard)
 from factory.storage import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def committed_shards(out: str, spec: RunSpec, storage_options: StorageOptions = 
 
     def check(index: int) -> dict[str, Any] | None:
         record = read_sidecar(out, index, storage_options)
+        if record["run_id"] != spec.run_id:
+            refuse_a_replaced_bundle(out, record, spec, storage_options)
         check_belongs(record, spec, storage.join(out, sidecar_name(index)))
         try:
             verify_shard(out, record, storage_options, sample_kind=spec.sample_kind)
@@ -55,6 +58,28 @@ def committed_shards(out: str, spec: RunSpec, storage_options: StorageOptions = 
                 if record is not None:
                     committed[index] = record
     return committed
+
+
+def refuse_a_replaced_bundle(out: str, record: dict[str, Any], spec: RunSpec,
+                             storage_options: StorageOptions = None) -> None:
+    """A committed shard of another run, whose samples a bundle made: when the bundle the same settings
+    name is no longer the one that made them (replaced in place), say so, naming it."""
+    producer = spec.config.get("producer") or {}
+    planned = producer.get("bundle_sha256")
+    if not planned:
+        return
+    url = storage.join(out, record["name"])
+    try:
+        members = read_tar_members(storage.read_bytes(url, storage_options), url)
+        made_with = next(json.loads(data)["source"].get("bundle_sha256") for name, data in members
+                         if name.endswith(".json"))
+    except (FactoryError, StopIteration, ValueError, KeyError):
+        return  # the shard cannot tell; the generic refusal follows
+    if made_with and made_with != planned:
+        raise BadInputError(storage.join(producer["bundle"], "bundle.json"),
+                            f"is not the bundle run {record['run_id']} at {out} was made with (sha256 "
+                            f"{made_with[:12]}..., now {planned[:12]}...): put that bundle back to resume it, "
+                            "or write to another location")
 
 
 def write_run(
