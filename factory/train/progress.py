@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping
 import ray.train
 
 from factory import storage
+from factory.train.inbox import Inbox
 
 EVENTS_FOLDER = "tensorboard"
 UPLOAD_EVERY_S = 30.0
@@ -139,20 +140,6 @@ def record_evaluation(storage_path: str, name: str, step: int, scores: Mapping[s
         log.close()
 
 
-class _Inbox:
-    """A Ray actor (num_cpus=0) the monitor posts reports to and the driver collects them from."""
-
-    def __init__(self):
-        self.items: list[dict[str, Any]] = []
-
-    def post(self, item: dict[str, Any]) -> None:
-        self.items.append(item)
-
-    def take(self) -> list[dict[str, Any]]:
-        items, self.items = self.items, []
-        return items
-
-
 class TrainingMonitor(ray.train.UserCallback):
     """Runs in Ray Train's controller: rank 0's reported metrics into the event file and to the driver."""
 
@@ -193,7 +180,7 @@ class ProgressBar:
     def __init__(self, ray, name: str, steps: int, shown: Iterable[str] | None):
         self.ray, self.name, self.steps = ray, name, steps
         self.shown = tuple(shown) if shown else None
-        self.inbox = ray.remote(num_cpus=0)(_Inbox).remote()
+        self.inbox = ray.remote(num_cpus=0)(Inbox).remote()
         self.bar = None
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="training-progress", daemon=True)
