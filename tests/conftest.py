@@ -73,3 +73,19 @@ def ray_local(s3_endpoint):
              _system_config={"metrics_report_interval_ms": 1000})
     yield ray
     ray.shutdown()
+
+
+# The small judge the judge tests check and the run-report test measures with: trained once a session.
+# Small and fast: 32 px phantoms, a few hundred studies, a few epochs (the default judge is 64 px,
+# 5,000 studies; see docs or `medsynth evaluate judge`).
+JUDGE_SIZE, JUDGE_COUNT, JUDGE_EPOCHS = 32, 600, 3
+
+
+@pytest.fixture(scope="session")
+def small_judge(tmp_path_factory):
+    """(bundle url, JudgeResult) of a judge trained on JUDGE_COUNT phantoms."""
+    from factory.evaluate.judge import train_judge
+
+    out = str(tmp_path_factory.mktemp("judge") / "bundle")
+    return out, train_judge(out, count=JUDGE_COUNT, size=JUDGE_SIZE, epochs=JUDGE_EPOCHS, seed=0, device="cpu",
+                            progress=False)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from conftest import JUDGE_COUNT, JUDGE_SIZE
 
 from factory.data.labels import CXR_LABELS
 from factory.errors import BadInputError
@@ -23,15 +24,13 @@ from factory.models import registry
 from factory.models.bundle import load_bundle, read_metadata
 from factory.models.judge import make_config
 
-# Small and fast: 32 px phantoms, a few hundred studies, a few epochs (the default judge is 64 px,
-# 5,000 studies; see docs or `medsynth evaluate judge`).
-SIZE, COUNT, EPOCHS = 32, 600, 3
+SIZE, COUNT = JUDGE_SIZE, JUDGE_COUNT
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("judge") / "bundle")
-    return out, train_judge(out, count=COUNT, size=SIZE, epochs=EPOCHS, seed=0, device="cpu", progress=False)
+def trained(small_judge):
+    """(bundle url, JudgeResult): the session's small judge (tests/conftest.py), shared with the run report."""
+    return small_judge
 
 
 @pytest.fixture(scope="module")

@@ -148,13 +148,18 @@ def test_the_plan_of_the_largest_run_holds_nothing_per_shard():
     assert peak < 64 * 1024  # a list or deque of its 10^5 indices alone would take about 4 MB
 
 
-def test_interrupted_driver_resumes_to_exactly_once(tmp_path):
+def test_interrupted_driver_resumes_to_exactly_once(ray_local, tmp_path):
+    """The driver runs with a Ray of its own and is interrupted (Ctrl-C to its process group); the
+    same command run again (here on the session's Ray, as a restarted driver meets a running cluster)
+    resumes and ends with every sample exactly once."""
+    from factory.cli import main
+
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "factory", "produce", "--source", "phantom-cxr", "--size", "32",
-               "--count", "800", "--shard-size", "20", "--out", str(out), "--seed", "5", "--actors", "1"]
+    arguments = ["produce", "--source", "phantom-cxr", "--size", "32", "--count", "800", "--shard-size", "20",
+                 "--out", str(out), "--seed", "5", "--actors", "1"]
     env = {**os.environ, "RAY_ADDRESS": ""}
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
+    first = subprocess.Popen([sys.executable, "-m", "factory", *arguments], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while not list(out.glob("*.commit.json")) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.05)
@@ -166,8 +171,7 @@ def test_interrupted_driver_resumes_to_exactly_once(tmp_path):
     assert not (out / "manifest.json").exists()
     committed_before = len(list(out.glob("*.commit.json")))
     assert 0 < committed_before < 40
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr
+    assert main(arguments) == 0
     manifest = read_manifest(str(out))
     assert all_keys(str(out), manifest) == [manifest["run_id"] + f"-{i:010d}" for i in range(800)]
     verify_run(str(out), manifest)

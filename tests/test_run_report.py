@@ -5,11 +5,9 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from factory.config import ProduceConfig
 from factory.data.phantoms.dataset import PhantomCxrDataset
-from factory.evaluate.judge import train_judge
 from factory.evaluate.run_report import evaluate_run, jsonable
 from factory.produce.runs import run_production
 
@@ -17,11 +15,9 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def judge_url(tmp_path_factory):
-    torch.set_num_threads(2)
-    out = str(tmp_path_factory.mktemp("judge") / "bundle")
-    train_judge(out, count=240, size=SIZE, epochs=2, seed=0, device="cpu", progress=False)
-    return out
+def judge_url(small_judge):
+    """The session's small judge (tests/conftest.py): the report needs a trained judge, any small one serves."""
+    return small_judge[0]
 
 
 @pytest.fixture(scope="module")
