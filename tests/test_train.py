@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import psutil
 import pytest
@@ -47,14 +48,21 @@ def run_train(config_path, *overrides, timeout=300):
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, "RAY_ADDRESS": ""})
 
 
+# Ray Train's controller takes a report every health check (2 s by default), and a report waits for
+# the one before it; it also notices the workers' start and end only at a check. With the tiny runs'
+# sub-second steps, poll faster (the driver passes this on to the controller; docs/observability.md).
+HEALTH_CHECK = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+
+
 def train_in_session(config_path, *overrides, stderr: io.StringIO | None = None) -> str:
-    """`medsynth train` in this process, on the session's Ray instance (ray_local); its stdout (and
-    its stderr into `stderr`). A fresh Ray start is the killed-job test's subject; the others need only
-    Ray Train's workers."""
+    """`medsynth train` in this process, on the session's Ray instance (ray_local), its controller polling
+    every HEALTH_CHECK; its stdout (and its stderr into `stderr`). A fresh Ray start is the killed-job
+    test's subject; the others need only Ray Train's workers."""
     from factory.cli import main
 
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(stderr or io.StringIO()):
+    with mock.patch.dict(os.environ, {**HEALTH_CHECK, **os.environ}), contextlib.redirect_stdout(printed), \
+            contextlib.redirect_stderr(stderr or io.StringIO()):
         assert main(["train", str(config_path), *overrides]) == 0
     return printed.getvalue()
 
@@ -85,12 +93,9 @@ def tensorboard_events(folder: Path) -> dict[str, dict[int, float | str]]:
     return values
 
 
-def test_two_workers_train_checkpoint_snapshot_and_export(ray_local, tmp_path, monkeypatch):
+def test_two_workers_train_checkpoint_snapshot_and_export(ray_local, tmp_path):
     """One run: checkpoints, a snapshot bundle, the exported bundle, the progress bar and the TensorBoard
     events. Resuming is the killed job's test."""
-    # Ray Train's controller takes a report every health check (2 s by default), and a report waits for
-    # the one before it: with these sub-second steps, poll faster (the driver passes this on).
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     config_path = tmp_path / "train.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path)))
     bar = io.StringIO()
@@ -190,12 +195,11 @@ def test_config_errors_name_the_file_and_field(tmp_path):
         TrainConfig.model_validate(tiny_config(tmp_path, precision="bf16"))
 
 
-def test_two_workers_under_ddp_train_checkpoint_and_export(ray_local, tmp_path, monkeypatch):
+def test_two_workers_under_ddp_train_checkpoint_and_export(ray_local, tmp_path):
     """One Ray run under plain DDP: the runner's resume is the DeepSpeed tests' subject, and DDP engines'
     checkpoints round-trip in the in-process test below; a second Ray run here took about 40 s more."""
     config_path = tmp_path / "train.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path, engine="ddp", zero_stage=0, steps=2)))
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")  # as in the first test
     first = train_in_session(config_path)
     head = "run tiny: step 2 of 2 (resumed from step 0)"
     assert head in first
