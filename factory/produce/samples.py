@@ -53,7 +53,7 @@ class Dropped:
 @dataclass
 class EncodedSample:
     index: int
-    members: dict[str, bytes | str]  # "__key__" (str) plus extensions (bytes), ready for TarWriter
+    members: dict[str, bytes | str]  # "__key__" (str) plus extensions (bytes), ready for the shard writer
     positive_labels: list[str] = field(default_factory=list)
 
 
