@@ -384,7 +384,8 @@ class TrainConfig(JobConfig):
 class BenchConfig(JobConfig):
     """jobs/bench.py: one benchmark of `medsynth bench` with its own options."""
 
-    benchmark: Literal["produce", "cxr-phantom", "brain-age", "train", "duiit", "load"]  # = factory.bench.cli.BENCHMARKS
+    # = factory.bench.cli.BENCHMARKS (tests/test_jobs.py checks)
+    benchmark: Literal["produce", "cxr-phantom", "brain-age", "train", "duiit", "load", "faults"]
     args: tuple[str, ...] = Field((), description="the benchmark's options, as on the command line")
 
     @field_validator("args", mode="before")
