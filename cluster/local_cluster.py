@@ -240,15 +240,18 @@ def stop_all(state: ClusterState, grace: float, state_dir: Path) -> None:
 
 
 def stop_group(pgid: int, grace: float) -> None:
-    if not group_alive(pgid):
+    # The group may end between any two of these calls: that is the goal, not an error (a
+    # ProcessLookupError here used to end `down` before it reached the head, which then ran on).
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not group_alive(pgid):
+                return
+            time.sleep(0.2)
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
         return
-    os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not group_alive(pgid):
-            return
-        time.sleep(0.2)
-    os.killpg(pgid, signal.SIGKILL)
 
 
 def build_parser() -> argparse.ArgumentParser:
