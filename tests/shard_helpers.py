@@ -33,3 +33,20 @@ def samples(count=23, seed=7, fail_at=None, bit_depth=8):
                 "primary_label": LABELS[label],
             },
         )
+
+
+def one_and_two_actors(producer, spec, root):
+    """Produce the run with 1 actor under root/one and 2 under root/two: byte-identical shards, the run
+    verifies, and running it again writes nothing. Returns the two-actor manifest."""
+    from factory.produce.pool import produce
+    from factory.produce.shards import shard_name
+    from factory.produce.verify import verify_run
+
+    produce(producer, str(root / "one"), spec, actors=1, batch_size=2, progress=False)
+    two = produce(producer, str(root / "two"), spec, actors=2, batch_size=2, progress=False)
+    for i in range(spec.num_shards):
+        assert (root / "one" / shard_name(i)).read_bytes() == (root / "two" / shard_name(i)).read_bytes()
+    verify_run(str(root / "two"), two)
+    again = produce(producer, str(root / "two"), spec, actors=2, batch_size=2, progress=False)
+    assert again["shards"] == two["shards"]  # a finished run is not written again
+    return two

@@ -17,11 +17,10 @@ from factory.errors import BadInputError
 from factory.models import medrat
 from factory.models.bundle import load_bundle
 from factory.models.cli import init_bundle
-from factory.produce.pool import produce
 from factory.produce.producer_specs import CaptionedImages, DatasetCaptions, parse_producer
 from factory.produce.runs import caption_spec, production_spec
 from factory.produce.shards import read_tar_members, shard_name
-from factory.produce.verify import verify_run
+from shard_helpers import one_and_two_actors
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +74,7 @@ def test_caption_a_dataset_with_one_or_two_actors_byte_identical_and_exactly_onc
                            shard_size=2, batch_size=2, out=str(tmp_path / "x"))
     producer, spec = caption_spec(config)
     assert isinstance(producer, DatasetCaptions) and spec.requested == 5 and producer.size == 32
-    one = produce(producer, str(tmp_path / "one"), spec, actors=1, batch_size=2, progress=False)
-    two = produce(producer, str(tmp_path / "two"), spec, actors=2, batch_size=2, progress=False)
-    for i in range(spec.num_shards):
-        assert (tmp_path / "one" / shard_name(i)).read_bytes() == (tmp_path / "two" / shard_name(i)).read_bytes()
-    verify_run(str(tmp_path / "two"), two)
-    again = produce(producer, str(tmp_path / "two"), spec, actors=2, batch_size=2, progress=False)
-    assert again["shards"] == two["shards"]  # a finished run is not written again
+    one_and_two_actors(producer, spec, tmp_path)
 
     dataset = open_dataset(str(made / "cxr"), "chexpert", size=32)
     found = {}

@@ -10,18 +10,17 @@ import shutil
 import numpy as np
 import pytest
 from justify_helpers import write_untrained_bundle
+from shard_helpers import one_and_two_actors
 
 from factory.cli import main
 from factory.config import ProduceConfig
 from factory.data.adapters import open_dataset
 from factory.data.text.labeler import label_report
 from factory.errors import BadInputError
-from factory.produce.pool import produce
 from factory.produce.producer_specs import ReportImages
 from factory.produce.producers import primary_label
 from factory.produce.runs import production_spec
 from factory.produce.shards import read_tar_members, shard_name
-from factory.produce.verify import verify_run
 
 COUNT = 6
 
@@ -63,13 +62,8 @@ def test_each_report_gets_its_image_labels_from_the_labeler_and_noise_from_seed_
 
 def test_report_images_with_one_or_two_actors_byte_identical_and_exactly_once(ray_local, made, tmp_path):
     producer, spec = production_spec(_config(made, tmp_path))
-    one = produce(producer, str(tmp_path / "one"), spec, actors=1, batch_size=2, progress=False)
-    two = produce(producer, str(tmp_path / "two"), spec, actors=2, batch_size=2, progress=False)
-    for i in range(spec.num_shards):
-        assert (tmp_path / "one" / shard_name(i)).read_bytes() == (tmp_path / "two" / shard_name(i)).read_bytes()
-    verify_run(str(tmp_path / "two"), two)
-    again = produce(producer, str(tmp_path / "two"), spec, actors=2, batch_size=2, progress=False)
-    assert again["shards"] == two["shards"] and two["count"] == COUNT  # a finished run is not written again
+    two = one_and_two_actors(producer, spec, tmp_path)
+    assert two["count"] == COUNT
     members = dict(read_tar_members((tmp_path / "two" / shard_name(0)).read_bytes(), "shard"))
     key = sorted(members)[0].split(".", 1)[0]
     assert sorted(n.split(".", 1)[1] for n in members if n.startswith(key + ".")) == ["cls", "json", "png", "txt"]
