@@ -55,6 +55,14 @@ def verify_files(url: str, metadata: Mapping[str, Any]) -> None:
 
 
 
+def read_verified(url: str) -> dict[str, Any]:
+    """bundle.json with every file it lists checked: what a driver reads before Ray starts, so that a
+    damaged bundle is refused before any worker loads it. Its sha256 joins a run's identity."""
+    metadata = read_metadata(url)
+    verify_files(url, metadata)
+    return metadata
+
+
 def describe(url: str, metadata: Mapping[str, Any], verified: str) -> str:
     """A bundle's summary for `medsynth inspect`: what it is, what it was trained on, its files."""
     config = metadata["model_config"]

@@ -131,6 +131,11 @@ def load_planned_bundle(bundle_url: str, bundle_sha256: str | None, device: str)
     return bundle
 
 
+def bundle_source(bundle) -> dict[str, str]:
+    """A sample's `source` when a bundle made it (schemas/sample.schema.json)."""
+    return {"kind": "bundle", "recipe": bundle.recipe, "bundle_id": bundle.bundle_id, "bundle_sha256": bundle.sha256}
+
+
 class BundlePairProducer:
     """Image/report pairs from a label-conditioned generator bundle (EMIXER and kin).
 
@@ -156,8 +161,7 @@ class BundlePairProducer:
         self.z_dim = self.model.z_dim(self.bundle.model_config)
         self.policy = LabelPolicy(self.bundle.label_names, labels, seed, count,
                                   self.bundle.metadata["training_data"].get("label_prior"))
-        self.source = {"kind": "bundle", "recipe": self.bundle.recipe, "bundle_id": self.bundle.bundle_id,
-                       "bundle_sha256": self.bundle.sha256}
+        self.source = bundle_source(self.bundle)
 
     def make_batch(self, indices: range) -> list[Sample]:
         labels, noise = [], []
@@ -213,8 +217,7 @@ class BundleImageProducer:
         self.z_dim = self.model.z_dim(self.bundle.model_config)
         self.policy = None if labels is None else LabelPolicy(
             self.bundle.label_names, labels, seed, count, self.bundle.metadata["training_data"].get("label_prior"))
-        self.source = {"kind": "bundle", "recipe": self.bundle.recipe, "bundle_id": self.bundle.bundle_id,
-                       "bundle_sha256": self.bundle.sha256}
+        self.source = bundle_source(self.bundle)
 
     def make_batch(self, indices: range) -> list[Sample | Dropped]:
         labels, noise = [], []
@@ -261,8 +264,7 @@ class Captioner:
         self.model = registry.spec(self.bundle.recipe).product(Captioning)
         if self.model is None:
             raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not write reports for images")
-        self.source = {"kind": "bundle", "recipe": self.bundle.recipe, "bundle_id": self.bundle.bundle_id,
-                       "bundle_sha256": self.bundle.sha256}
+        self.source = bundle_source(self.bundle)
 
     def reports(self, images: Sequence[np.ndarray]) -> list[str]:
         """One report per (H, W) uint8 image; each a function of its image alone."""
@@ -347,18 +349,13 @@ class ReportImageProducer:
                  corpus_sha256: str):
         import torch
 
-        from factory import storage
         from factory.data.adapters import open_dataset
         from factory.models import registry
-        from factory.models.bundle import METADATA_NAME, load_bundle
 
         self.torch = torch
-        self.bundle = load_bundle(bundle_url, device="cuda" if torch.cuda.is_available() else "cpu")
         # The run's identity holds both hashes: a bundle or corpus replaced in place since planning
         # would make shards of one run disagree, so it stops the run instead.
-        if self.bundle.sha256 != bundle_sha256:
-            raise BadInputError(storage.join(bundle_url, METADATA_NAME), "changed since this run was planned; "
-                                                                         "write the run to a new location")
+        self.bundle = load_planned_bundle(bundle_url, bundle_sha256, "cuda" if torch.cuda.is_available() else "cpu")
         self.model = registry.spec(self.bundle.recipe).product(ReportImaging)
         if self.model is None:
             raise FactoryError(f"{bundle_url}: a {self.bundle.recipe} bundle does not draw X-rays from reports")
@@ -368,8 +365,7 @@ class ReportImageProducer:
                                           "write the run to a new location")
         self.seed = seed
         self.noise_dim = self.model.noise_dim(self.bundle.model_config)
-        self.source = {"kind": "bundle", "recipe": self.bundle.recipe, "bundle_id": self.bundle.bundle_id,
-                       "bundle_sha256": self.bundle.sha256}
+        self.source = bundle_source(self.bundle)
 
     def make_batch(self, indices: range) -> list[Sample]:
         from factory.data.text.labeler import label_report
@@ -438,8 +434,7 @@ class TranslationProducer:
             raise FactoryError(f"{bundle_url}: translates {self.config['sources']}, not {untranslatable}")
         self.volumes = open_volumes(self.plan.root, size=self.config["image_size"])
         self.rows = {row["study_id"]: i for i, row in enumerate(self.volumes.rows)}
-        self.source = {"kind": "bundle", "recipe": self.bundle.recipe, "bundle_id": self.bundle.bundle_id,
-                       "bundle_sha256": self.bundle.sha256}
+        self.source = bundle_source(self.bundle)
         low, high = self.config["source_range"]
         self.src_encoding = {"units": "source / its 99.5th percentile", "scale": (high - low) / SIXTEEN_BIT,
                              "offset": low}

@@ -57,11 +57,11 @@ def captioning_bundle(url: str, option: str) -> dict[str, Any]:
     """A captioning bundle's metadata, its files verified, before Ray starts; refused (naming `option`) when
     its model writes no reports for images."""
     from factory.models import registry
-    from factory.models.bundle import METADATA_NAME, read_metadata, verify_files
+    from factory.models.bundle import METADATA_NAME
+    from factory.models.bundle_metadata import read_verified
     from factory.models.spec import Captioning
 
-    bundle = read_metadata(url)
-    verify_files(url, bundle)
+    bundle = read_verified(url)
     model = registry.spec(bundle["recipe"])
     if model.product(Captioning) is None:
         raise BadInputError(f"{option} {storage.join(url, METADATA_NAME)}",
@@ -73,11 +73,11 @@ def captioning_bundle(url: str, option: str) -> dict[str, Any]:
 def _bundle_producer(config: ProduceConfig) -> tuple[BundlePairs | BundleImages, str]:
     """(producer, model name) of a bundle run; the producer follows from the product the model declares."""
     from factory.models import registry
-    from factory.models.bundle import METADATA_NAME, read_metadata, verify_files
+    from factory.models.bundle import METADATA_NAME
+    from factory.models.bundle_metadata import read_verified
     from factory.models.spec import ImageSampling, PairSampling
 
-    bundle = read_metadata(config.bundle)  # its sha256 joins the run's identity
-    verify_files(config.bundle, bundle)  # damaged weights are refused before Ray starts
+    bundle = read_verified(config.bundle)
     recipe = bundle["recipe"]
     model = registry.spec(recipe)
     pairs, images = model.product(PairSampling), model.product(ImageSampling)
@@ -178,12 +178,12 @@ def translation_spec(config: TranslateConfig, command: str = "", progress: bool 
     The run's identity holds the bundle's sha256 and the plan's sha256 (which covers labels.csv and
     every study's slice count), so translating changed data or with another bundle is another run."""
     from factory.models import registry
-    from factory.models.bundle import METADATA_NAME, read_metadata, verify_files
+    from factory.models.bundle import METADATA_NAME
+    from factory.models.bundle_metadata import read_verified
     from factory.models.spec import Translation
     from factory.produce.translate_plan import build_plan
 
-    bundle = read_metadata(config.bundle)
-    verify_files(config.bundle, bundle)  # damaged weights are refused before Ray starts
+    bundle = read_verified(config.bundle)
     model_config = bundle["model_config"]
     if registry.spec(bundle["recipe"]).product(Translation) is None:
         raise FactoryError(f"{storage.join(config.bundle, METADATA_NAME)}: a {bundle['recipe']} bundle does not "
