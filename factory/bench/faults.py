@@ -474,29 +474,40 @@ def fault_disk_full(bench: Bench) -> dict[str, Any]:
                None, False)
 
 
-def fault_bundle_replaced(bench: Bench) -> dict[str, Any]:
-    """A bundle run's driver killed, its bundle replaced in place, the same command again; then the bundle
-    put back and the command once more."""
+def replaceable_bundles(bench: Bench) -> Path:
+    """A folder with `used` (the bundle a run names), `saved` (a copy of it) and `other` (another bundle
+    of the same shape)."""
     from factory.models.cli import init_bundle
 
     bundles = bench.scratch / f"bundles-{bench.runs}"
     init_bundle(str(bundles / "used"), "emixer", size=32, width=4, seed=1)
     init_bundle(str(bundles / "other"), "emixer", size=32, width=4, seed=2)
     shutil.copytree(bundles / "used", bundles / "saved")
+    return bundles
+
+
+def swap_bundle(bundles: Path, source: str) -> None:
+    """Put `source`'s files in place of the used bundle's (in place, as a copy over it would)."""
+    for name in ("weights.safetensors", "bundle.json"):
+        shutil.copy(bundles / source / name, bundles / "used" / name)
+
+
+def fault_bundle_replaced(bench: Bench) -> dict[str, Any]:
+    """A bundle run's driver killed, its bundle replaced in place, the same command again; then the bundle
+    put back and the command once more."""
+    bundles = replaceable_bundles(bench)
     out = bench.out("local")
     command = produce_command(out, count=200, source=("--bundle", str(bundles / "used")))
     driver = start(command, bench.env())
     wait_for(lambda: committed(out) >= 2, driver)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    for name in ("weights.safetensors", "bundle.json"):  # replaced in place, as a copy would
-        shutil.copy(bundles / "other" / name, bundles / "used" / name)
+    swap_bundle(bundles, "other")
     replaced_at = time.monotonic()
     code, output = rerun(bench, command)
     line = last_line(output)
     refused = code == 2 and "used/bundle.json: is not the bundle run" in line
-    for name in ("weights.safetensors", "bundle.json"):
-        shutil.copy(bundles / "saved" / name, bundles / "used" / name)
+    swap_bundle(bundles, "saved")
     again, _ = rerun(bench, command)
     took = time.monotonic() - replaced_at
     return row("bundle-replaced", "local", f"resume with the replaced bundle refused (exit {code}): \"{line}\"; "
@@ -507,18 +518,12 @@ def fault_bundle_replaced(bench: Bench) -> dict[str, Any]:
 def fault_bundle_replaced_mid_run(bench: Bench) -> dict[str, Any]:
     """A bundle replaced while its run goes on, then an actor killed, so that its replacement loads the
     bundle again."""
-    from factory.models.cli import init_bundle
-
-    bundles = bench.scratch / f"bundles-{bench.runs}"
-    init_bundle(str(bundles / "used"), "emixer", size=32, width=4, seed=1)
-    init_bundle(str(bundles / "other"), "emixer", size=32, width=4, seed=2)
-    shutil.copytree(bundles / "used", bundles / "saved")
+    bundles = replaceable_bundles(bench)
     out = bench.out("local")
     command = produce_command(out, count=400, source=("--bundle", str(bundles / "used")))
     driver = start(command, bench.env())
     wait_for(lambda: committed(out) >= 2, driver)
-    for name in ("weights.safetensors", "bundle.json"):
-        shutil.copy(bundles / "other" / name, bundles / "used" / name)
+    swap_bundle(bundles, "other")
     writing = _actor_processes(bench, "ShardWorker")
     writing[0].kill()
     replaced_at = time.monotonic()
@@ -526,8 +531,7 @@ def fault_bundle_replaced_mid_run(bench: Bench) -> dict[str, Any]:
     line = last_line(output)
     refused = code == 2 and line.startswith("medsynth produce: error: ") and \
         "bundle.json: changed since this run was planned" in line
-    for name in ("weights.safetensors", "bundle.json"):
-        shutil.copy(bundles / "saved" / name, bundles / "used" / name)
+    swap_bundle(bundles, "saved")
     again, _ = rerun(bench, command)
     took = time.monotonic() - replaced_at
     return row("bundle-replaced-mid-run", "local", f"the replacement actor refused the changed bundle, the run "

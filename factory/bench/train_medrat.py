@@ -223,13 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finals: dict[str, Any] = {}
     for arm in arms:
         def evaluate(nets: dict, config: dict, arm=arm) -> dict[str, Any]:
-            return text_scores(writer(arm)(nets, vocabulary[arm], real.images), real)
+            return text_scores(writer(arm)(nets, vocabulary, real.images), real)
 
         def describe(point: dict, arm=arm) -> str:
             return (f"{arm} step {point['step']:5d}  CPU {point['train_cpu_minutes']:5.1f} min  CE micro-F1 "
                     f"{point['ce']['micro']['f1']:.3f}  BLEU-1 {point['bleu_1']:.3f}  | {point['example_report'][:70]}")
 
-        vocabulary = _vocabularies(args, work, arm)
+        vocabulary = training_vocabulary(args, work, arm)
         run = segments.learn("emixer" if arm == "emixer-f" else "medrat",
                              lambda storage, steps, arm=arm, **changes: train_config(args, arm, storage, steps, **changes),
                              evaluate, args, work, meter, describe)
@@ -280,8 +280,9 @@ def writer(arm: str):
     return emixer_reports if arm == "emixer-f" else medrat_reports
 
 
-def _vocabularies(args, work: str, arm: str) -> dict[str, Any]:
-    """The arm's vocabulary, as its training data builds it (the bundles carry the same)."""
+def training_vocabulary(args, work: str, arm: str):
+    """The arm's vocabulary, as its training data builds it (the bundles carry the same; the step-0
+    point's networks come without a bundle)."""
     from factory.data.text.vocab import Vocabulary
     from factory.train.data import load_training_data, prepare_data
     from factory.train.recipes import get_recipe
@@ -289,7 +290,7 @@ def _vocabularies(args, work: str, arm: str) -> dict[str, Any]:
     recipe = "emixer" if arm == "emixer-f" else "medrat"
     config = train_config(args, arm, os.path.join(work, "runs"), 1)
     data = load_training_data(prepare_data(config, get_recipe(recipe), progress=False))
-    return {arm: Vocabulary.from_json(data.info["vocabulary"], "vocabulary")}
+    return Vocabulary.from_json(data.info["vocabulary"], "vocabulary")
 
 
 if __name__ == "__main__":
