@@ -32,6 +32,7 @@ def learn(recipe: str, config_for: Callable[..., Any], evaluate: Evaluate, args,
 
     storage = os.path.join(work, "runs")
     cpu = meter.seconds()
+    name = config_for(storage, 1).name
     prepare_data(config_for(storage, 1), get_recipe(recipe), progress=False)
     data_cpu = meter.seconds() - cpu
     planner = SegmentPlanner(budget_s=args.minutes * 60, segments=args.segments, margin=BUDGET_MARGIN)
@@ -40,8 +41,7 @@ def learn(recipe: str, config_for: Callable[..., Any], evaluate: Evaluate, args,
         steps = segment_steps(planner, train_cpu, segment, args.first_steps)
         if not steps:
             break
-        probe = config_for(storage, 1)
-        bundle_url = os.path.join(work, "bundles", probe.name, f"step-{step + steps:06d}")
+        bundle_url = os.path.join(work, "bundles", name, f"step-{step + steps:06d}")
         config = config_for(storage, step + steps, bundle_out=bundle_url,
                             snapshot_every=snapshot_every(args.points, args.segments, segment, steps))
         cpu = meter.seconds()
