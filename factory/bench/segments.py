@@ -32,8 +32,9 @@ def learn(recipe: str, config_for: Callable[..., Any], evaluate: Evaluate, args,
 
     storage = os.path.join(work, "runs")
     cpu = meter.seconds()
-    name = config_for(storage, 1).name
-    prepare_data(config_for(storage, 1), get_recipe(recipe), progress=False)
+    first = config_for(storage, 1)
+    name = first.name
+    prepare_data(first, get_recipe(recipe), progress=False)
     data_cpu = meter.seconds() - cpu
     planner = SegmentPlanner(budget_s=args.minutes * 60, segments=args.segments, margin=BUDGET_MARGIN)
     train_cpu, eval_cpu, points, step, last = 0.0, 0.0, [], 0, None
