@@ -3,6 +3,7 @@ over padded reports, a training step through torch engines, the Captioning produ
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -22,7 +23,7 @@ from factory.train.recipes.medrat import make_batch
 
 TINY = {"cnn_width": 4, "d_model": 16, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ff_dim": 16,
         "memory_size": 8, "memory_top_k": 2, "class_hidden": 8, "max_words": 24, "image_size": 32,
-        "patch_grid": 4, "vocab_size": 30}
+        "patch_grid": 4, "vocab_size": 30, "report_beam": 1}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -149,9 +150,79 @@ def test_caption_is_a_function_of_each_image_alone(model):
         product.caption(model, films.astype(np.float32))
 
 
+class _TableDecoder:
+    """Stands in for `MedRAT._next_word_logits`: random word logits drawn from a generator seeded by (film,
+    prefix), the film read from the memory and the prefix kept in `past`, which the search must reorder
+    with its beams. So every sequence's score is known and depends on all of its earlier words."""
+
+    vocab = 6
+
+    def __call__(self, word, position, memory, past):
+        past[0] = word[:, None] if past[0] is None else torch.cat([past[0], word[:, None]], dim=1)
+        return torch.stack([self.logits(int(film), tuple(prefix)) for film, prefix in
+                            zip(memory[:, 0, 0].tolist(), past[0].tolist())])
+
+    def logits(self, film: int, prefix: tuple[int, ...]) -> torch.Tensor:
+        seed = hash((film, prefix)) % 2 ** 31
+        return 3.0 * torch.randn(self.vocab, generator=torch.Generator().manual_seed(seed))
+
+    def score(self, film: int, sequence: tuple[int, ...]) -> float:
+        """Summed log-probability of the words up to the first <eos>."""
+        total, prefix = 0.0, (Vocabulary.bos_id,)
+        for word in sequence:
+            total += float(torch.log_softmax(self.logits(film, prefix), dim=-1)[word])
+            if word == Vocabulary.eos_id:
+                break
+            prefix += (word,)
+        return total
+
+
+def _canonical(sequence: tuple[int, ...]) -> tuple[int, ...]:
+    """<pad> after the first <eos>, as `write` leaves it."""
+    if Vocabulary.eos_id not in sequence:
+        return sequence
+    end = sequence.index(Vocabulary.eos_id) + 1
+    return sequence[:end] + (Vocabulary.pad_id,) * (len(sequence) - end)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.5])
+def test_a_beam_as_wide_as_every_sequence_finds_the_best_one(alpha, monkeypatch):
+    length, films = 3, 12
+    table = _TableDecoder()
+    net = build_networks("medrat", medrat.make_config({**TINY, "vocab_size": table.vocab, "max_words": length + 1}),
+                         seed=0)["medrat"]
+    monkeypatch.setattr(net, "_next_word_logits", table)
+    global_ = torch.arange(films, dtype=torch.float32)[:, None].expand(-1, TINY["d_model"])  # the film's number
+    locals_ = torch.zeros(films, 2, TINY["d_model"])
+    every = sorted({_canonical(s) for s in itertools.product(range(table.vocab), repeat=length)})
+    words = torch.tensor([s.index(Vocabulary.eos_id) + 1 if Vocabulary.eos_id in s else length for s in every])
+    greedy = net.write(global_, locals_, beam=1)
+    assert torch.equal(net.write(global_, locals_, beam=1, length_penalty=alpha), greedy)
+    exact = net.write(global_, locals_, beam=table.vocab ** length, length_penalty=alpha)
+    lengths, differs = set(), 0
+    for film in range(films):
+        scores = torch.tensor([table.score(film, s) for s in every]) / ((5.0 + words) / 6.0) ** alpha
+        best = every[int(scores.argmax())]
+        assert tuple(exact[film].tolist()) == best
+        lengths.add(int(words[int(scores.argmax())]))
+        differs += not torch.equal(exact[film], greedy[film])
+    assert differs and len(lengths) > 1, "greedy always best or one length only: the test shows nothing"
+
+
+def test_beam_search_is_a_function_of_each_image_alone(model):
+    net = model["medrat"]
+    films = (np.random.default_rng(2).random((3, 32, 32)) * 255).astype(np.uint8)
+    with torch.no_grad():
+        locals_, global_ = net.encode_images(medrat.to_model_images(films, net, next(net.parameters())))
+        together = net.write(global_, locals_, beam=3, length_penalty=1.0)
+        alone = net.write(global_[1:2], locals_[1:2], beam=3, length_penalty=1.0)
+    assert torch.equal(together[1:2], alone)
+
+
 @pytest.mark.parametrize("bad", [{"patch_grid": 32}, {"d_model": 15}, {"memory_top_k": 9}, {"memory_top_k": 0},
                                  {"memory_size": -1}, {"local_dropout": 1.0},
-                                 {"temperature": 0}, {"lr": {"G": 1e-3}}, {"colour": 1}])
+                                 {"temperature": 0}, {"lr": {"G": 1e-3}}, {"colour": 1},
+                                 {"report_beam": 0}, {"length_penalty": -1.0}])
 def test_bad_config_is_refused(bad):
     with pytest.raises(ValueError):
         medrat.make_config({**TINY, **bad})

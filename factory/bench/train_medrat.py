@@ -55,12 +55,14 @@ def text_scores(reports: Sequence[str], real) -> dict[str, Any]:
             "example_report": reports[0]}
 
 
-def medrat_reports(nets: dict, vocabulary, images: np.ndarray, batch: int = 250) -> list[str]:
+def medrat_reports(nets: dict, vocabulary, images: np.ndarray, batch: int = 250, beam: int | None = None) -> list[str]:
+    """MedRAT's reports of the films, decoded as its config says (`beam` None) or by a beam of that width
+    (1: greedy)."""
     from factory.models import medrat
 
     reports: list[str] = []
     for start in range(0, len(images), batch):
-        reports += medrat.decode_reports(medrat.caption(nets, images[start:start + batch]), vocabulary)
+        reports += medrat.decode_reports(medrat.caption(nets, images[start:start + batch], beam=beam), vocabulary)
     return reports
 
 
@@ -163,8 +165,11 @@ def tables(result: dict[str, Any]) -> str:
 
     for arm in ARMS:
         if arm in result["arms"]:
-            final = result["arms"][arm]["final"]
-            row(arm, final, f"{final['train_cpu_minutes']:.1f}", str(final["step"]))
+            for name, key in ((arm, "final"), (f"{arm}, greedy", "final_greedy")):
+                final = result["arms"][arm].get(key)
+                if final:
+                    cpu = "" if final["train_cpu_minutes"] is None else f"{final['train_cpu_minutes']:.1f}"
+                    row(name, final, cpu, str(final["step"]))
     for name, scores in result["baselines"].items():
         row(name, scores)
     lines += ["", "Learning curves (clinical-efficacy micro F1 / BLEU-1 per evaluation point):", ""]
@@ -200,17 +205,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", help="folder for runs and bundles (default: a new temporary one)")
     parser.add_argument("--out", default="docs/bench/train_medrat.json")
     parser.add_argument("--figure", default="docs/medrat-examples.png")
+    parser.add_argument("--bundle", help="score this trained medrat bundle instead of training one (arms: medrat; "
+                                         "its training settings are the bundle's, not the options above)")
     args = parser.parse_args(argv)
     args.model = parse_model(args.model)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if not arms or set(arms) - set(ARMS):
         raise SystemExit(f"--arms must name some of {list(ARMS)}, not {args.arms!r}")
+    if args.bundle and arms != ["medrat"]:
+        raise SystemExit("--bundle scores one medrat bundle: give --arms medrat with it")
     os.environ.setdefault("RAY_ADDRESS", "")  # a local Ray instance: the CPU meter sees its processes
 
     import torch
 
     from factory.data.labels import CXR_LABELS
     from factory.data.text.reports import write_report
+    from factory.models import medrat
 
     work = args.work or tempfile.mkdtemp(prefix="medsynth-bench-medrat-")
     os.makedirs(work, exist_ok=True)
@@ -229,14 +239,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return (f"{arm} step {point['step']:5d}  CPU {point['train_cpu_minutes']:5.1f} min  CE micro-F1 "
                     f"{point['ce']['micro']['f1']:.3f}  BLEU-1 {point['bleu_1']:.3f}  | {point['example_report'][:70]}")
 
-        vocabulary = training_vocabulary(args, work, arm)
-        run = segments.learn("emixer" if arm == "emixer-f" else "medrat",
-                             lambda storage, steps, arm=arm, **changes: train_config(args, arm, storage, steps, **changes),
-                             evaluate, args, work, meter, describe)
+        if args.bundle:
+            run = scored_bundle(args.bundle, real)
+        else:
+            vocabulary = training_vocabulary(args, work, arm)
+            run = segments.learn("emixer" if arm == "emixer-f" else "medrat",
+                                 lambda storage, steps, arm=arm, **changes: train_config(args, arm, storage, steps,
+                                                                                         **changes),
+                                 evaluate, args, work, meter, describe)
         finals[arm] = run
         result["arms"][arm] = {"points": [segments.strip(p) for p in run["points"]],
                                "final": segments.strip(run["final"]), "model_config": run["bundle"].model_config,
                                "cpu_minutes": run["cpu_minutes"]}
+        if arm != "emixer-f" and medrat.make_config(run["bundle"].model_config)["report_beam"] != 1:
+            # The same networks decoding greedily: what the beam search adds.
+            greedy = text_scores(medrat_reports(run["bundle"].nets, run["bundle"].vocabulary, real.images, beam=1), real)
+            result["arms"][arm]["final_greedy"] = {**greedy, "step": run["final"]["step"],
+                                                   "train_cpu_minutes": run["final"]["train_cpu_minutes"]}
     cpu = meter.seconds()
     # The phantom writer's own report of a film with no finding: the strongest always-normal report on
     # BLEU against these references (a generic one, train_emixer.NORMAL_REPORT, scores far lower).
@@ -274,6 +293,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown)
     print(json.dumps(result.get("minimum"), indent=2))
     return 0
+
+
+def scored_bundle(url: str, real) -> dict[str, Any]:
+    """A trained bundle in place of a training run: its final point, scored as the runs' points are."""
+    from factory.models.bundle import load_bundle
+
+    bundle = load_bundle(url)
+    if bundle.metadata["recipe"] != "medrat":
+        raise SystemExit(f"--bundle {url} is a {bundle.metadata['recipe']} bundle, not a medrat one")
+    final = {**text_scores(medrat_reports(bundle.nets, bundle.vocabulary, real.images), real),
+             "step": int(bundle.metadata["metrics"].get("steps", 0)), "train_cpu_minutes": None, "bundle": url}
+    return {"bundle": bundle, "points": [], "final": final, "cpu_minutes": None}
 
 
 def writer(arm: str):

@@ -16,7 +16,7 @@ the two modalities except the two feature extractors:
     reports with teacher forcing; the report's locals are augmented first (each local vector dropped
     with probability `local_dropout`, then Gaussian noise of standard deviation `local_noise`; §3,
     Table 5). At inference an image's global and local representations go in instead and the decoder
-    writes greedily (`caption`, the `Captioning` product).
+    writes by beam search, or greedily (`report_beam` 1) (`caption`, the `Captioning` product).
 The transformer layers carry no dropout of their own: the only random numbers of a training step are
 the locals' augmentation, drawn from the step's generator (the recipe protocol's rule).
 """
@@ -57,6 +57,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "memory_size": 64,  # M memory vectors of d_model (0, with memory_top_k 0: no memory, f_m = f)
     "memory_top_k": 8,  # K queried per feature vector
     "class_hidden": 64,  # the classification head's hidden layer
+    # inference: beam width (1: greedy) and the length normalisation alpha of Wu et al. 2016 (GNMT): a beam's
+    # log-probability is divided by ((5 + words) / 6) ** alpha before the best is chosen (0: none); 3 and 2.0
+    # were chosen on phantoms of another seed than the benchmark's (docs/bench/train_medrat.md)
+    "report_beam": 3,
+    "length_penalty": 2.0,
     # training
     "local_dropout": 0.9,  # the paper's p: each local vector of a report is masked out for the decoder
     "local_noise": 0.0,  # the paper's sigma (5 where it uses noise): additive Gaussian noise on the locals
@@ -69,7 +74,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 _POSITIVE_INTS = ("channels", "num_labels", "max_words", "cnn_width", "patch_grid", "d_model", "heads",
-                  "encoder_layers", "decoder_layers", "ff_dim", "class_hidden")
+                  "encoder_layers", "decoder_layers", "ff_dim", "class_hidden", "report_beam")
 
 
 def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -103,7 +108,7 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
         raise ValueError("max_words must leave room for <bos>, a word and <eos>")
     if not 0.0 <= config["local_dropout"] < 1.0:
         raise ValueError(f"local_dropout must lie in [0, 1), not {config['local_dropout']!r}")
-    for key in ("local_noise", "lang_weight", "contrast_weight", "class_weight"):
+    for key in ("local_noise", "lang_weight", "contrast_weight", "class_weight", "length_penalty"):
         if not isinstance(config[key], (int, float)) or isinstance(config[key], bool) or config[key] < 0:
             raise ValueError(f"{key} must be a number >= 0, not {config[key]!r}")
     if not isinstance(config["temperature"], (int, float)) or config["temperature"] <= 0:
@@ -192,6 +197,7 @@ class MedRAT(nn.Module):
         super().__init__()
         d, self.max_words = config["d_model"], config["max_words"]
         self.image_size = config["image_size"]
+        self.beam, self.length_penalty = config["report_beam"], float(config["length_penalty"])
         self.local_dropout, self.local_noise = float(config["local_dropout"]), float(config["local_noise"])
         # (a) the two streams and the shared memory
         self.cnn = PatchCNN(config)
@@ -277,11 +283,31 @@ class MedRAT(nn.Module):
                 "image_logits": self.classify(image_global), "report_logits": self.classify(report_global),
                 "word_logits": self.decode(reports[:, :-1], report_global, augmented, hidden)}
 
-    def write(self, global_: torch.Tensor, locals_: torch.Tensor) -> torch.Tensor:
-        """Greedy report ids (B, max_words - 1) from representations: the words after <bos>, <pad> after
-        each report's <eos>. Word by word with each decoder layer's past inputs kept (the causal mask
-        means earlier positions never change), which computes what `decode` computes on the whole
-        prefix at a cost linear in the report's length instead of quadratic."""
+    def _next_word_logits(self, word: torch.Tensor, position: int, memory: torch.Tensor,
+                          past: list[torch.Tensor | None]) -> torch.Tensor:
+        """Logits (N, V) of the word after `word` (N,) at `position`, each decoder layer's past inputs kept
+        in `past` (appended to here): the causal mask means earlier positions never change, so this
+        computes what `decode` computes on the whole prefix at a cost linear in the report's length."""
+        x = (self.decoder_embed(word) + self.decoder_position[position])[:, None]
+        for i, layer in enumerate(self.decoder.layers):  # nn.TransformerDecoderLayer, norm_first
+            h = layer.norm1(x)
+            past[i] = h if past[i] is None else torch.cat([past[i], h], dim=1)
+            x = x + layer.self_attn(h, past[i], past[i], need_weights=False)[0]
+            x = x + layer.multihead_attn(layer.norm2(x), memory, memory, need_weights=False)[0]
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+        return self.word_out(self.decoder_norm(x[:, 0]))
+
+    def write(self, global_: torch.Tensor, locals_: torch.Tensor, beam: int | None = None,
+              length_penalty: float | None = None) -> torch.Tensor:
+        """Report ids (B, max_words - 1) from representations: the words after <bos>, <pad> after each
+        report's <eos>. Greedy for beam 1, else a beam search of that width (default: the config's)."""
+        beam = self.beam if beam is None else beam
+        alpha = self.length_penalty if length_penalty is None else length_penalty
+        if beam == 1:
+            return self._write_greedy(global_, locals_)
+        return self._write_beam(global_, locals_, beam, alpha)
+
+    def _write_greedy(self, global_: torch.Tensor, locals_: torch.Tensor) -> torch.Tensor:
         batch, device = global_.shape[0], global_.device
         memory = torch.cat([global_[:, None], locals_], dim=1)
         past: list[torch.Tensor | None] = [None] * len(self.decoder.layers)
@@ -289,20 +315,48 @@ class MedRAT(nn.Module):
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         out = torch.full((batch, self.max_words - 1), Vocabulary.pad_id, dtype=torch.long, device=device)
         for position in range(self.max_words - 1):
-            x = (self.decoder_embed(word) + self.decoder_position[position])[:, None]
-            for i, layer in enumerate(self.decoder.layers):  # nn.TransformerDecoderLayer, norm_first
-                h = layer.norm1(x)
-                past[i] = h if past[i] is None else torch.cat([past[i], h], dim=1)
-                x = x + layer.self_attn(h, past[i], past[i], need_weights=False)[0]
-                x = x + layer.multihead_attn(layer.norm2(x), memory, memory, need_weights=False)[0]
-                x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
-            word = self.word_out(self.decoder_norm(x[:, 0])).argmax(dim=-1)
+            word = self._next_word_logits(word, position, memory, past).argmax(dim=-1)
             word = torch.where(finished, torch.full_like(word, Vocabulary.pad_id), word)
             out[:, position] = word
             finished = finished | (word == Vocabulary.eos_id)
             if bool(finished.all()):
                 break
         return out
+
+    def _write_beam(self, global_: torch.Tensor, locals_: torch.Tensor, width: int, alpha: float) -> torch.Tensor:
+        """Beam search: `width` partial reports per image, each step's candidates ranked by summed word
+        log-probability; a finished report continues with <pad> at no cost. At the end each image's
+        report is the beam of highest log-probability / ((5 + words) / 6) ** alpha (words with <eos>)."""
+        batch, device, length = global_.shape[0], global_.device, self.max_words - 1
+        memory = torch.cat([global_[:, None], locals_], dim=1).repeat_interleave(width, dim=0)
+        past: list[torch.Tensor | None] = [None] * len(self.decoder.layers)
+        word = torch.full((batch * width,), Vocabulary.bos_id, dtype=torch.long, device=device)
+        scores = torch.full((batch, width), -math.inf, device=device)
+        scores[:, 0] = 0.0  # one live beam at first: the others would repeat it
+        finished = torch.zeros(batch, width, dtype=torch.bool, device=device)
+        words = torch.zeros(batch, width, device=device)
+        out = torch.full((batch, width, length), Vocabulary.pad_id, dtype=torch.long, device=device)
+        offsets = torch.arange(batch, device=device)[:, None] * width
+        for position in range(length):
+            log_probs = torch.log_softmax(self._next_word_logits(word, position, memory, past).float(), dim=-1)
+            vocab = log_probs.shape[-1]
+            log_probs = log_probs.view(batch, width, vocab)
+            pad_only = torch.full((vocab,), -math.inf, device=device)
+            pad_only[Vocabulary.pad_id] = 0.0
+            log_probs = torch.where(finished[..., None], pad_only, log_probs)
+            scores, picked = (scores[..., None] + log_probs).view(batch, width * vocab).topk(width, dim=1)
+            origin, word = picked // vocab, picked % vocab
+            past = [p[(origin + offsets).view(-1)] for p in past]
+            out = out.gather(1, origin[..., None].expand(-1, -1, length)).clone()
+            finished, words = finished.gather(1, origin), words.gather(1, origin)
+            out[:, :, position] = word
+            words = words + (~finished).float()
+            finished = finished | (word == Vocabulary.eos_id)
+            word = word.view(-1)
+            if bool(finished.all()):
+                break
+        best = (scores / ((5.0 + words) / 6.0) ** alpha).argmax(dim=1)
+        return out[torch.arange(batch, device=device), best]
 
 
 def build_networks(config: Mapping[str, Any]) -> dict[str, nn.Module]:
@@ -368,10 +422,11 @@ def to_model_images(images: np.ndarray, model: MedRAT, like: torch.Tensor) -> to
     return x.to(like.dtype)
 
 
-def caption(nets: Mapping[str, nn.Module], images: np.ndarray) -> np.ndarray:
+def caption(nets: Mapping[str, nn.Module], images: np.ndarray, beam: int | None = None) -> np.ndarray:
     """Report token ids (B, max_words - 1) int64 of 8-bit images (B, H, W): the image goes through the
-    image stream and the shared encoder, the decoder writes greedily from its global and local
-    representations. Eval mode, no random numbers: a function of the images alone."""
+    image stream and the shared encoder, the decoder writes from its global and local representations
+    (beam search of width `beam`, default the config's; 1: greedy). Eval mode, no random numbers: a
+    function of the images alone."""
     model = nets[NET_NAME]
     model.eval()
     first = next(model.parameters())
@@ -380,7 +435,7 @@ def caption(nets: Mapping[str, nn.Module], images: np.ndarray) -> np.ndarray:
         raise ValueError(f"caption takes (B, H, W) uint8 images, not {images.dtype} {images.shape}")
     with torch.inference_mode():
         locals_, global_ = model.encode_images(to_model_images(images, model, first))
-        return model.write(global_, locals_).cpu().numpy()
+        return model.write(global_, locals_, beam=beam).cpu().numpy()
 
 
 def decode_reports(ids: np.ndarray, vocabulary: Vocabulary) -> list[str]:
