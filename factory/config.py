@@ -163,6 +163,26 @@ class CaptionConfig(JobConfig):
     run_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
+class ExplainConfig(JobConfig):
+    """`medsynth explain --layout L DATA --out URL`: a bundle that explains chest X-rays (justify) writes,
+    for each real image of a dataset, its explanation into shards of (image, justification caption,
+    counterfactual image, labels, json) with the production actor pool."""
+
+    out: str = Field(description="output URL for shards and manifest (s3:// or another fsspec URL)")
+    bundle: str = Field(description="bundle URL of a model that explains (justify)")
+    source: str = Field(description="dataset root (local path or fsspec URL) in one of the chest X-ray layouts")
+    layout: Literal["mimic-cxr", "iu-xray", "chexpert", "nih", "folder"] = Field(description="layout of source")
+    count: int | None = Field(None, gt=0, le=MAX_COUNT, description="explain only the first COUNT studies "
+                                                                    "(default: all)")
+    actors: int = Field(1, gt=0)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    shard_size: int = Field(1000, gt=0)
+    batch_size: int = Field(8, gt=0, description="studies an actor reads and writes at a time")
+    seed: int = Field(0, ge=0, description="sample n's counterfactual search draws from (seed, n)")
+    run_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
 class EvaluateConfig(JobConfig):
     """`medsynth evaluate RUN_URL` / jobs/evaluate.py: a run measured against real data, as an HTML report.
 

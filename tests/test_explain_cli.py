@@ -1,10 +1,11 @@
 """`medsynth explain`, in process, on an untrained tiny justify bundle whose counterfactual search is
 cut to a few steps (what is written is checked, not how good it is; M's success on a trained model is
 tests/test_justify_models.py's): files and a dataset in, JSON, PNGs and one self-contained HTML page
-out, and the refusals."""
+out; a dataset explained into shards at an S3 URL on the production pool; and the refusals."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -13,11 +14,20 @@ import pytest
 from justify_helpers import write_untrained_bundle
 from PIL import Image
 
+from factory import storage
 from factory.cli import main
+from factory.config import ExplainConfig
+from factory.data.adapters import open_dataset
 from factory.data.adapters.cxr import decode_image
 from factory.data.labels import CXR_LABELS
 from factory.models.bundle import load_bundle
-from factory.produce.explain import explain_images
+from factory.produce.explain import explain_images, sample_seed
+from factory.produce.manifest import read_manifest
+from factory.produce.pool import produce
+from factory.produce.producer_specs import DatasetExplanations, parse_producer
+from factory.produce.runs import explanation_spec
+from factory.produce.shards import read_tar_members, shard_name
+from factory.produce.verify import verify_run
 
 M_QUICK = {"m_steps": 2, "m_max_iter": 2, "m_restarts": 0}
 
@@ -104,3 +114,73 @@ def test_an_output_folder_with_other_content_is_refused(bundle, capsys, images, 
     assert "exists and is not an empty folder" in line
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["keep.txt"]
     assert (tmp_path / "o" / "keep.txt").read_text() == "mine"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Five phantom studies in the CheXpert layout at 40 px (read at the bundle's 32)."""
+    root = tmp_path_factory.mktemp("explain-data") / "cxr"
+    assert main(["data", "cxr", "--out", str(root), "--count", "5", "--size", "40", "--layout", "chexpert"]) == 0
+    return str(root)
+
+
+POOL_FLAGS = ["--shard-size", "2", "--batch-size", "2", "--seed", "4"]
+
+
+def test_explain_a_dataset_on_the_pool_one_or_two_actors_byte_identical_and_exactly_once(
+        ray_local, bundle, dataset, s3_root, tmp_path, capsys):
+    config = ExplainConfig(bundle=bundle, source=dataset, layout="chexpert", shard_size=2, batch_size=2, seed=4,
+                           out=s3_root)
+    producer, spec = explanation_spec(config)
+    assert isinstance(producer, DatasetExplanations) and parse_producer(producer.echo()) == producer
+    assert spec.sample_kind == "explanation" and spec.requested == 5 and producer.size == 32
+    one = produce(producer, str(tmp_path / "one"), spec, actors=1, batch_size=2, progress=False)
+    # The command line with a URL --out: the same run (same settings, same run id) on two actors, on S3.
+    argv = ["explain", "--bundle", bundle, dataset, "--layout", "chexpert", "--out", s3_root, "--actors", "2",
+            *POOL_FLAGS]
+    assert main(argv) == 0
+    assert f"run {spec.run_id}: 5 explained images" in capsys.readouterr().out
+    two = read_manifest(s3_root)
+    assert [s["sha256"] for s in two["shards"]] == [s["sha256"] for s in one["shards"]]
+    for i in range(spec.num_shards):
+        assert (tmp_path / "one" / shard_name(i)).read_bytes() == storage.read_bytes(storage.join(s3_root, shard_name(i)))
+    verify_run(s3_root, two)
+    assert main(argv) == 0 and read_manifest(s3_root)["shards"] == two["shards"]  # finished: not written again
+    assert main(["inspect", s3_root]) == 0 and "explanation" in capsys.readouterr().out
+
+    found: dict[str, dict[str, bytes]] = {}
+    for i in range(spec.num_shards):
+        for name, data in read_tar_members((tmp_path / "one" / shard_name(i)).read_bytes(), "shard"):
+            key, extension = name.split(".", 1)
+            assert extension not in found.setdefault(key, {})
+            found[key][extension] = data
+    assert [int(key.rsplit("-", 1)[1]) for key in sorted(found)] == list(range(5))  # every index, once
+    assert all(set(members) == {"png", "cf.png", "txt", "cls", "json"} for members in found.values())
+    studies = open_dataset(dataset, "chexpert", size=32)
+    for index, key in enumerate(sorted(found)):
+        meta = json.loads(found[key]["json"])
+        study = studies[index]
+        assert meta["kind"] == "explanation" and meta["source_study_id"] == study.study_id and meta["seed"] == 4
+        assert meta["labels"] == {n: float(v) for n, v in zip(studies.label_names, study.labels.tolist())}
+        assert meta["source"]["recipe"] == "justify" and meta["real_image"]["layout"] == "chexpert"
+    # Sample 3 is its image explained alone with the seed of (run seed, 3): nothing of its batch in it.
+    image = np.array(Image.open(io.BytesIO(found[sorted(found)[3]]["png"])))
+    alone = explain_images(load_bundle(bundle), image[None], seed=sample_seed(4, 3))[0]
+    meta = json.loads(found[sorted(found)[3]]["json"])
+    assert meta["explanation"] == {k: v for k, v in alone.to_json().items() if k != "caption"}
+    assert found[sorted(found)[3]]["txt"].decode() == alone.caption
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(found[sorted(found)[3]]["cf.png"]))), alone.counterfactual)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["IMAGE", "--out", "s3://medsynth-test/x"], "s3://medsynth-test/x: shards at a URL are made from a dataset"),
+    (["DATA", "DATA", "--layout", "chexpert", "--out", "s3://medsynth-test/x"],
+     "a production run explains one dataset; give one root"),
+    (["IMAGE", "--out", "LOCAL", "--actors", "2"], "--actors: sets a production pool run"),
+    (["DATA", "--layout", "chexpert", "--out", "s3://medsynth-test/x", "--shard-size", "0"],
+     "command line: shard_size: Input should be greater than 0"),
+])
+def test_pool_runs_that_cannot_be_are_refused(bundle, dataset, images, tmp_path, capsys, extra, expected):
+    names = {"IMAGE": images[0], "DATA": dataset, "LOCAL": str(tmp_path / "o")}
+    line = _refused(capsys, ["explain", "--bundle", bundle, *(names.get(arg, arg) for arg in extra)])
+    assert expected in line and not (tmp_path / "o").exists()

@@ -20,6 +20,8 @@ from factory.errors import FactoryError
 from factory.storage import StorageOptions
 
 CARD_NAME = "dataset_card.md"
+# Kinds whose `png` is a real image of the source dataset (the rest of the sample is generated).
+REAL_IMAGE_KINDS = ("caption", "explanation")
 INTENDED_USE = ("synthetic data for machine-learning research (augmentation, pipeline and capacity tests); "
                 "not for diagnosis, clinical decisions or as evidence about real patients")
 
@@ -27,6 +29,9 @@ KIND_TEXT = {
     "pair": "chest X-ray images with free-text reports",
     "image": "labelled chest X-ray images without reports",
     "translation": "source MRI/PET slices translated into CT",
+    "caption": "real chest X-rays of a dataset, each with the report a captioning model wrote for it",
+    "explanation": "real chest X-rays of a dataset, each with a model's diagnosis, its justification and the "
+                   "counterfactual X-ray of the nearest alternative diagnosis",
 }
 MEMBER_TEXT = {
     "png": "the image, 8- or 16-bit grayscale PNG",
@@ -35,6 +40,7 @@ MEMBER_TEXT = {
     "json": "metadata (schemas/sample.schema.json)",
     "ct.png": "the translated CT, 16-bit PNG of Hounsfield units + 1024",
     "src.png": "the source slice the generator saw, 16-bit PNG",
+    "cf.png": "the counterfactual X-ray of the nearest alternative diagnosis, 8-bit PNG",
 }
 
 
@@ -108,7 +114,20 @@ def _kind_limits(manifest: dict[str, Any], producer: dict[str, Any]) -> list[str
                 "The age label is the source study's; the translation is not guaranteed to keep age-related "
                 "anatomy (`medsynth evaluate` reports an age regressor's error on the translations).",
                 "Slices are translated one by one: a volume's slices need not be consistent along its axis."]
+    if kind == "explanation":
+        return ["Diagnoses, justifications and counterfactuals are one model's readings of the images, not ground "
+                "truth; `labels` and `cls` are the dataset's own labels of each study.",
+                "A counterfactual whose `alternative_reached` is false did not reach the alternative diagnosis in "
+                "the model's own reading."]
     return []
+
+
+def _what_is_real(kind: str) -> list[str]:
+    if kind in REAL_IMAGE_KINDS:
+        return [f"Data: {KIND_TEXT.get(kind, kind)}, made by MedSynth Factory. The images are the source dataset's "
+                "own; everything else but its labels is generated."]
+    return [f"Synthetic data: {KIND_TEXT.get(kind, kind)}, made by MedSynth Factory. Every sample is generated; "
+            "none is a patient's image or report."]
 
 
 def render_card(manifest: dict[str, Any], seed: int) -> str:
@@ -123,8 +142,7 @@ def render_card(manifest: dict[str, Any], seed: int) -> str:
              "created_at": manifest["created_at"], "synthetic": True, "intended_use": INTENDED_USE}
     lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in front.items()), "---", "",
              f"# Dataset card: {manifest['run_id']}", "",
-             f"Synthetic data: {KIND_TEXT.get(kind, kind)}, made by MedSynth Factory. Every sample is generated; "
-             "none is a patient's image or report.", "",
+             *_what_is_real(kind), "",
              "## What made it", "",
              f"- command: `{manifest.get('command') or '(library call)'}`", *made,
              f"- run seed {seed}; "

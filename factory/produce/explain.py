@@ -2,15 +2,15 @@
 the `justify` model): for each image its diagnosis with the probabilities of every diagnosis, a
 caption that justifies it, the nearest alternative diagnosis and the X-ray of that alternative.
 
-The library function under a future `medsynth explain`; it asks the bundle's spec, never a model by
-name. Images are 8-bit grayscale arrays of one square size; each image's explanation is a function
-of the image, the bundle and the seed alone.
+The library function under `medsynth explain` (a folder of files, or shards on the production pool);
+it asks the bundle's spec, never a model by name. Images are 8-bit grayscale arrays of one square
+size; each image's explanation is a function of the image, the bundle and its seed alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -35,6 +35,22 @@ class ImageExplanation:
                 "alternative": self.alternative, "alternative_reached": self.reached}
 
 
+def explaining_bundle(url: str, option: str = "--bundle") -> dict[str, Any]:
+    """A bundle's metadata with every file it lists verified, read before any network is built (and before
+    Ray starts); refused, naming `option` and its bundle.json, when its model makes no explanations."""
+    from factory import storage
+    from factory.models.bundle_metadata import METADATA_NAME, read_metadata, verify_files
+
+    metadata = read_metadata(url)
+    model = registry.spec(metadata["recipe"])
+    if model.product(Explanation) is None:
+        makes = ", ".join(model.product_kinds) or "nothing to produce"
+        raise BadInputError(f"{option} {storage.join(url, METADATA_NAME)}",
+                            f"a {metadata['recipe']} bundle makes {makes}, not explanations (e.g. justify does)")
+    verify_files(url, metadata)
+    return metadata
+
+
 def explainer(bundle: Bundle) -> Explanation:
     """The bundle's Explanation product (BadInputError naming what it makes instead)."""
     product = registry.spec(bundle.recipe).product(Explanation)
@@ -44,8 +60,23 @@ def explainer(bundle: Bundle) -> Explanation:
     return product
 
 
-def explain_images(bundle: Bundle, images: np.ndarray, seed: int = 0, batch_size: int = 16) -> list[ImageExplanation]:
-    """One explanation per 8-bit X-ray of `images` (N, H, W), in order."""
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample `index`'s explanation in a production run of seed `seed`: a function of the two
+    alone, so every sample draws its own numbers (the search's restarts) whatever its batch."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint32)[0])
+
+
+def explain_images(bundle: Bundle, images: np.ndarray, seed: int | Sequence[int] = 0,
+                   batch_size: int = 16) -> list[ImageExplanation]:
+    """One explanation per 8-bit X-ray of `images` (N, H, W), in order. `seed`: one for all images (they
+    go through the model `batch_size` at a time), or one per image (each image goes through alone, so its
+    result is the same bits in any batch: what production needs)."""
+    if not isinstance(seed, (int, np.integer)):
+        seeds = [int(s) for s in seed]
+        if len(seeds) != len(images):
+            raise ValueError(f"{len(seeds)} seeds for {len(images)} images")
+        return [found for image, own in zip(images, seeds)
+                for found in explain_images(bundle, np.asarray(image)[None], int(own))]
     product = explainer(bundle)
     images = np.asarray(images)
     if images.ndim != 3 or images.dtype != np.uint8 or images.shape[1] != images.shape[2] or not len(images):

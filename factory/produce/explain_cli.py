@@ -6,6 +6,11 @@ self-contained HTML page for the batch (images inline as data URIs).
 Inputs are PNG/JPEG files, or with `--layout` dataset roots read through the adapters (`--count N`
 takes the first N images of all inputs). Every image is resized to the bundle's image size, as 8-bit
 grayscale. DIR is a local folder, new or empty: nothing in it is ever overwritten.
+
+With `--out` a URL (s3://BUCKET/PREFIX, or any other fsspec URL) and one dataset root with `--layout`,
+the dataset is explained on the production actor pool instead (factory.produce.runs.run_explanation):
+shards of (image, justification caption, counterfactual image, labels, json), exactly once, resumable,
+the same bytes for any number of actors, like every production run.
 """
 
 from __future__ import annotations
@@ -19,25 +24,40 @@ from typing import Iterator
 
 import numpy as np
 
+from factory.config import ExplainConfig
 from factory.errors import BadInputError
 
 CHUNK = 4  # images per call of the model: the bar moves often, M's L-BFGS still runs on a batch
 SIDE = 256  # side of each panel of the side-by-side PNG: room for its label at any model size
 LABEL_HEIGHT = 16
+# Settings of a pool run only (ExplainConfig): a folder run refuses them rather than ignore them.
+POOL_ONLY = ("actors", "cpus_per_actor", "gpus_per_actor", "shard_size", "batch_size", "run_id")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DATA",
                         help="PNG/JPEG files, or dataset roots with --layout")
     parser.add_argument("--bundle", required=True, help="bundle URL of a model that explains (justify)")
-    parser.add_argument("--out", required=True, help="local folder for the results (new or empty)")
+    parser.add_argument("--out", required=True, help="local folder for the results (new or empty), or a URL "
+                                                     "(s3://...) for shards written on the production pool")
     parser.add_argument("--layout", help="the inputs are dataset roots in this layout (mimic-cxr, iu-xray, "
                                          "chexpert, nih, folder)")
     parser.add_argument("--count", type=int, help="explain only the first COUNT images of the inputs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the counterfactual search (default 0)")
+    pool = parser.add_argument_group("production pool (--out a URL, one dataset root with --layout)")
+    for name, field in ExplainConfig.model_fields.items():
+        if name in POOL_ONLY:
+            kind = {int: int, float: float}.get(field.annotation, str)
+            pool.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=field.description)
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_url(args.out):
+        return run_on_pool(args)
+    given = [f"--{name.replace('_', '-')}" for name in POOL_ONLY if getattr(args, name, None) is not None]
+    if given:
+        raise BadInputError(given[0], "sets a production pool run; give --out a URL (s3://...) and a dataset "
+                                      "with --layout, or leave it out")
     out = _check_out(args.out)
     if args.count is not None and args.count < 1:
         raise BadInputError("--count", f"must be at least 1, not {args.count}")
@@ -54,9 +74,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_url(out: str) -> bool:
+    """A URL (scheme://...) is written as shards on the pool; a plain path is a folder of files."""
+    return "://" in out
+
+
+def run_on_pool(args: argparse.Namespace) -> int:
+    """One dataset explained into shards at the URL `args.out` on the production actor pool."""
+    import shlex
+    import sys
+
+    from factory.config import validate_config
+    from factory.produce.runs import run_explanation
+
+    if args.layout is None:
+        raise BadInputError(args.out, "shards at a URL are made from a dataset: give its root with --layout "
+                                      "(image files are explained into a local folder)")
+    if len(args.inputs) != 1:
+        raise BadInputError(" ".join(args.inputs), "a production run explains one dataset; give one root")
+    _check_layout(args.layout)
+    values = {name: getattr(args, name) for name in (*POOL_ONLY, "count", "seed") if getattr(args, name) is not None}
+    config = validate_config(ExplainConfig, {**values, "out": args.out, "bundle": args.bundle,
+                                             "source": args.inputs[0], "layout": args.layout}, "command line")
+    manifest = run_explanation(config, command=shlex.join(["medsynth", *sys.argv[1:]]))
+    print(f"run {manifest['run_id']}: {manifest['count']} explained images of {config.source} in "
+          f"{len(manifest['shards'])} shards ({manifest['bytes'] / 2**20:.1f} MiB) at {config.out}")
+    return 0
+
+
 def _check_out(out: str) -> Path:
-    if "://" in out:
-        raise BadInputError(out, "medsynth explain writes to a local folder")
     path = Path(out)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise BadInputError(out, "exists and is not an empty folder; explain into a new one (nothing is overwritten)")
@@ -65,19 +111,17 @@ def _check_out(out: str) -> Path:
 
 def _check_bundle(url: str) -> dict:
     """The bundle's metadata, refused before any network is built when its model makes no explanations."""
-    from factory import storage
-    from factory.models import registry
-    from factory.models.bundle_metadata import METADATA_NAME, read_metadata, verify_files
-    from factory.models.spec import Explanation
+    from factory.produce.explain import explaining_bundle
 
-    metadata = read_metadata(url)
-    model = registry.spec(metadata["recipe"])
-    if model.product(Explanation) is None:
-        makes = ", ".join(model.product_kinds) or "nothing to produce"
-        raise BadInputError(storage.join(url, METADATA_NAME),
-                            f"a {metadata['recipe']} bundle makes {makes}, not explanations (e.g. justify does)")
-    verify_files(url, metadata)
-    return metadata
+    return explaining_bundle(url)
+
+
+def _check_layout(layout: str) -> None:
+    from factory.data.adapters import LAYOUTS
+
+    if layout not in LAYOUTS or layout == "volumes":
+        raise BadInputError("--layout", f"{layout!r} is not a chest X-ray layout; choose from "
+                                        f"{', '.join(name for name in LAYOUTS if name != 'volumes')}")
 
 
 def _inputs(paths: list[str], layout: str | None, size: int, count: int | None) -> Iterator[tuple[str, np.ndarray]]:
@@ -106,11 +150,9 @@ def _file_image(path: str, size: int) -> tuple[str, np.ndarray]:
 
 
 def _dataset_images(root: str, layout: str, size: int) -> Iterator[tuple[str, np.ndarray]]:
-    from factory.data.adapters import LAYOUTS, open_dataset
+    from factory.data.adapters import open_dataset
 
-    if layout not in LAYOUTS or layout == "volumes":
-        raise BadInputError("--layout", f"{layout!r} is not a chest X-ray layout; choose from "
-                                        f"{', '.join(name for name in LAYOUTS if name != 'volumes')}")
+    _check_layout(layout)
     dataset = open_dataset(root, layout, size=size)
     for index in range(len(dataset)):
         study = dataset[index]

@@ -124,6 +124,29 @@ class DatasetCaptions(_ProducerSpec):
                                       self.dataset_sha256)
 
 
+class DatasetExplanations(_ProducerSpec):
+    """A dataset's real chest X-rays, each with the explanation a bundle whose model explains makes for it
+    (factory.models.spec.Explanation): diagnosis, justification caption and the counterfactual X-ray of
+    the nearest alternative diagnosis. Sample n is study n of the dataset's index (the index's sha256
+    joins the run's identity), read at the bundle's image size."""
+
+    sample_kind: ClassVar[str] = "explanation"
+    type: Literal["dataset-explanations"] = "dataset-explanations"
+    bundle: str
+    bundle_sha256: str
+    source: str
+    layout: str
+    size: int = Field(ge=16)
+    dataset_sha256: str
+    studies: int = Field(gt=0)
+
+    def build(self, seed: int) -> Producer:
+        from factory.produce.producers import DatasetExplanationProducer
+
+        return DatasetExplanationProducer(seed, self.bundle, self.bundle_sha256, self.source, self.layout, self.size,
+                                          self.dataset_sha256)
+
+
 class BundleTranslation(_ProducerSpec):
     """A source dataset's slices translated into CT by a bundle whose model translates
     (factory.models.spec.Translation), along the run's slice plan."""
@@ -171,7 +194,7 @@ class ReportImages(_ProducerSpec):
 
 
 ProducerSpec = Annotated[Union[PhantomPairs, BundlePairs, BundleImages, CaptionedImages, DatasetCaptions,
-                               BundleTranslation, ReportImages], Field(discriminator="type")]
+                               DatasetExplanations, BundleTranslation, ReportImages], Field(discriminator="type")]
 _ADAPTER: TypeAdapter[ProducerSpec] = TypeAdapter(ProducerSpec)
 
 

@@ -306,30 +306,94 @@ class DatasetCaptionProducer:
 
     def __init__(self, bundle_url: str, bundle_sha256: str, source: str, layout: str, size: int,
                  dataset_sha256: str):
-        from factory.data.adapters import open_dataset
-
         self.captioner = Captioner(bundle_url, bundle_sha256)
-        self.dataset = open_dataset(source, layout, size=size)
-        if self.dataset.index_sha256() != dataset_sha256:
-            raise BadInputError(source, "its studies changed since this run was planned; "
-                                        "write the captions to a new location")
+        self.dataset = open_planned_dataset(source, layout, size, dataset_sha256)
         self.root, self.layout = source, layout
         self.names = list(self.dataset.label_names)
 
     def make_batch(self, indices: range) -> list[Sample]:
         studies = [self.dataset[index] for index in indices]
-        images = [np.rint(study.image[0].clamp(0, 1).numpy() * 255).astype(np.uint8) for study in studies]
+        images = [dataset_image(study) for study in studies]
         samples = []
         for index, study, image, report in zip(indices, studies, images, self.captioner.reports(images)):
-            labels = {name: float(v) for name, v in zip(self.names, study.labels.tolist()) if not np.isnan(v)}
-            vector = np.array([labels.get(name, 0.0) for name in self.names])
-            label = primary_label(vector, self.names)
+            labels, label, metadata = dataset_labels(study, self.names)
             samples.append(Sample(
                 index=index, images={"png": image}, report=report, label=label,
-                metadata={"kind": "caption", "source": self.captioner.source, "labels": labels,
-                          "primary_label": self.names[label], "source_study_id": study.study_id,
-                          "real_image": {"dataset": self.root, "layout": self.layout,
-                                         "file": study.meta.get("image", study.study_id)}},
+                metadata={"kind": "caption", "source": self.captioner.source, **metadata,
+                          "real_image": real_image(study, self.root, self.layout)},
+            ))
+        return samples
+
+
+def open_planned_dataset(source: str, layout: str, size: int, dataset_sha256: str):
+    """The dataset a run was planned with, through its layout's adapter; one whose index changed since
+    stops the run (its shards would disagree), naming it."""
+    from factory.data.adapters import open_dataset
+
+    dataset = open_dataset(source, layout, size=size)
+    if dataset.index_sha256() != dataset_sha256:
+        raise BadInputError(source, "its studies changed since this run was planned; write the run to a new location")
+    return dataset
+
+
+def dataset_image(study) -> np.ndarray:
+    """A dataset study's image (1, S, S) in [0, 1] as 8-bit (S, S)."""
+    return np.rint(study.image[0].clamp(0, 1).numpy() * 255).astype(np.uint8)
+
+
+def dataset_labels(study, names: Sequence[str]) -> tuple[dict[str, float], int, dict[str, Any]]:
+    """(the labels the dataset gives the study, leaving out unmentioned ones; index of its primary label;
+    the sample metadata naming both and the study)."""
+    labels = {name: float(v) for name, v in zip(names, study.labels.tolist()) if not np.isnan(v)}
+    label = primary_label(np.array([labels.get(name, 0.0) for name in names]), names)
+    return labels, label, {"labels": labels, "primary_label": names[label], "source_study_id": study.study_id}
+
+
+def real_image(study, root: str, layout: str) -> dict[str, str]:
+    """Where a sample's real image came from (schemas/sample.schema.json `real_image`)."""
+    return {"dataset": root, "layout": layout, "file": study.meta.get("image", study.study_id)}
+
+
+class DatasetExplanationProducer:
+    """Real chest X-rays of a dataset, each explained by a bundle whose model explains them
+    (factory.models.spec.Explanation, through factory.produce.explain).
+
+    Sample n is study n of the dataset's index, read through its layout's adapter at the bundle's image
+    size: `png` the 8-bit input, `cf.png` the counterfactual X-ray of the nearest alternative diagnosis,
+    `txt` the caption that justifies the diagnosis, `cls` and `labels` the dataset's, and the json's
+    `explanation` the diagnosis with every diagnosis's probability and the alternative. Each sample is
+    explained alone with the seed factory.produce.explain.sample_seed(seed, n), so it depends on
+    (run seed, n) and the spec only and any shard regenerates bit for bit."""
+
+    sample_kind = "explanation"
+
+    def __init__(self, seed: int, bundle_url: str, bundle_sha256: str, source: str, layout: str, size: int,
+                 dataset_sha256: str):
+        import torch
+
+        from factory.produce.explain import explainer
+
+        self.bundle = load_planned_bundle(bundle_url, bundle_sha256, "cuda" if torch.cuda.is_available() else "cpu")
+        explainer(self.bundle)  # a bundle replaced by one that does not explain stops the run here
+        self.dataset = open_planned_dataset(source, layout, size, dataset_sha256)
+        self.seed, self.root, self.layout = seed, source, layout
+        self.names = list(self.dataset.label_names)
+        self.source = bundle_source(self.bundle)
+
+    def make_batch(self, indices: range) -> list[Sample]:
+        from factory.produce.explain import explain_images, sample_seed
+
+        studies = [self.dataset[index] for index in indices]
+        images = np.stack([dataset_image(study) for study in studies])
+        found = explain_images(self.bundle, images, seed=[sample_seed(self.seed, index) for index in indices])
+        samples = []
+        for index, study, image, item in zip(indices, studies, images, found):
+            labels, label, metadata = dataset_labels(study, self.names)
+            samples.append(Sample(
+                index=index, images={"png": image, "cf.png": item.counterfactual}, report=item.caption, label=label,
+                metadata={"kind": "explanation", "source": self.source, **metadata,
+                          "real_image": real_image(study, self.root, self.layout),
+                          "explanation": {key: value for key, value in item.to_json().items() if key != "caption"}},
             ))
         return samples
 

@@ -1,5 +1,5 @@
-"""From a validated ProduceConfig (or TranslateConfig) to a finished run: one function each for the
-CLI and the Ray job."""
+"""From a validated ProduceConfig (or TranslateConfig, CaptionConfig, ExplainConfig) to a finished run:
+one function each for the CLI and the Ray job."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Any
 import yaml
 
 from factory import storage
-from factory.config import CaptionConfig, ProduceConfig, TranslateConfig, yaml_problem
+from factory.config import CaptionConfig, ExplainConfig, ProduceConfig, TranslateConfig, yaml_problem
 from factory.errors import BadInputError, FactoryError
 from factory.produce.pool import produce
 from factory.produce.producer_specs import (BundleImages, BundlePairs, BundleTranslation, CaptionedImages,
-                                            DatasetCaptions, PhantomPairs, ProducerSpec, ReportImages)
+                                            DatasetCaptions, DatasetExplanations, PhantomPairs, ProducerSpec,
+                                            ReportImages)
 from factory.produce.shards import RunSpec, canonical_sha256
 
 
@@ -248,5 +249,35 @@ def caption_spec(config: CaptionConfig, command: str = "") -> tuple[DatasetCapti
 def run_captioning(config: CaptionConfig, command: str = "", progress: bool = True) -> dict[str, Any]:
     storage.check_writable(config.out)  # an unusable --out is refused before Ray starts
     producer, spec = caption_spec(config, command)
+    return produce(producer, config.out, spec, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
+                   gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size, progress=progress)
+
+
+def explanation_spec(config: ExplainConfig, command: str = "") -> tuple[DatasetExplanations, RunSpec]:
+    """(producer spec, run spec) of an explanation run: as a captioning run, the bundle's sha256 and the
+    dataset index's sha256 are the run's identity; the images are read at the bundle's image size."""
+    from factory.data.adapters import open_dataset
+    from factory.produce.explain import explaining_bundle
+
+    bundle = explaining_bundle(config.bundle, "--bundle")
+    size = int(bundle["model_config"]["image_size"])
+    dataset = open_dataset(config.source, config.layout, size=size)
+    if len(dataset) == 0:
+        raise BadInputError(config.source, f"holds no {config.layout} studies to explain")
+    count = min(config.count or len(dataset), len(dataset))
+    producer = DatasetExplanations(bundle=storage.absolute(config.bundle), bundle_sha256=bundle["sha256"],
+                                   source=storage.absolute(config.source), layout=config.layout, size=size,
+                                   dataset_sha256=dataset.index_sha256(), studies=len(dataset))
+    settings = {"producer": producer.echo(), "shard_size": config.shard_size, "batch_size": config.batch_size}
+    # Same settings, same run id: running the same command again resumes instead of starting over.
+    run_id = config.run_id or f"explain-{bundle['recipe']}-s{config.seed}-{canonical_sha256([settings, count])[:8]}"
+    spec = RunSpec(run_id=run_id, requested=count, shard_size=config.shard_size, seed=config.seed,
+                   sample_kind=producer.sample_kind, config=settings, command=command)
+    return producer, spec
+
+
+def run_explanation(config: ExplainConfig, command: str = "", progress: bool = True) -> dict[str, Any]:
+    storage.check_writable(config.out)  # an unusable --out is refused before Ray starts
+    producer, spec = explanation_spec(config, command)
     return produce(producer, config.out, spec, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
                    gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size, progress=progress)

@@ -23,6 +23,7 @@ SAMPLE_MEMBERS: dict[str, frozenset[str]] = {
     "image": frozenset({"png", "cls", "json"}),
     "translation": frozenset({"ct.png", "src.png", "json"}),
     "caption": frozenset({"png", "txt", "cls", "json"}),
+    "explanation": frozenset({"png", "cf.png", "txt", "cls", "json"}),
 }
 
 # Fast zlib level: shards are written once and read many times, but on a CPU node encoding competes
@@ -32,7 +33,7 @@ PNG_COMPRESS_LEVEL = 1
 
 @dataclass
 class Sample:
-    """One synthetic sample. `images` maps member extensions (`png`, `ct.png`, `src.png`) to 2-D
+    """One synthetic sample. `images` maps member extensions (`png`, `ct.png`, `src.png`, `cf.png`) to 2-D
     uint8/uint16 arrays or already-encoded PNG bytes; the first one is the sample's main image."""
 
     index: int
