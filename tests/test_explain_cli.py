@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from factory.config import ExplainConfig
 from factory.data.adapters import open_dataset
 from factory.data.adapters.cxr import decode_image
 from factory.data.labels import CXR_LABELS
+from factory.errors import BadInputError
 from factory.models.bundle import load_bundle
 from factory.produce.explain import explain_images, sample_seed
 from factory.produce.manifest import read_manifest
@@ -173,14 +175,27 @@ def test_explain_a_dataset_on_the_pool_one_or_two_actors_byte_identical_and_exac
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["IMAGE", "--out", "s3://medsynth-test/x"], "s3://medsynth-test/x: shards at a URL are made from a dataset"),
-    (["DATA", "DATA", "--layout", "chexpert", "--out", "s3://medsynth-test/x"],
-     "a production run explains one dataset; give one root"),
-    (["IMAGE", "--out", "LOCAL", "--actors", "2"], "--actors: sets a production pool run"),
-    (["DATA", "--layout", "chexpert", "--out", "s3://medsynth-test/x", "--shard-size", "0"],
-     "command line: shard_size: Input should be greater than 0"),
+    pytest.param(["IMAGE", "--out", "s3://medsynth-test/x"],
+                 "s3://medsynth-test/x: shards at a URL are made from a dataset", id="url-out-with-image-files"),
+    pytest.param(["DATA", "DATA", "--layout", "chexpert", "--out", "s3://medsynth-test/x"],
+                 "a production run explains one dataset; give one root", id="url-out-with-two-datasets"),
+    pytest.param(["IMAGE", "--out", "LOCAL", "--actors", "2"], "--actors: sets a production pool run",
+                 id="pool-setting-with-a-folder-out"),
+    pytest.param(["DATA", "--layout", "chexpert", "--out", "s3://medsynth-test/x", "--shard-size", "0"],
+                 "command line: shard_size: Input should be greater than 0", id="bad-pool-setting"),
 ])
 def test_pool_runs_that_cannot_be_are_refused(bundle, dataset, images, tmp_path, capsys, extra, expected):
     names = {"IMAGE": images[0], "DATA": dataset, "LOCAL": str(tmp_path / "o")}
     line = _refused(capsys, ["explain", "--bundle", bundle, *(names.get(arg, arg) for arg in extra)])
     assert expected in line and not (tmp_path / "o").exists()
+
+
+def test_an_explanation_run_stops_on_a_dataset_changed_since_it_was_planned(bundle, dataset, tmp_path):
+    copy = tmp_path / "cxr"
+    shutil.copytree(dataset, copy)
+    producer, _ = explanation_spec(ExplainConfig(bundle=bundle, source=str(copy), layout="chexpert",
+                                                 out=str(tmp_path / "x")))
+    table = copy / "train.csv"
+    table.write_text("\n".join(table.read_text().splitlines()[:-1]) + "\n")  # one study fewer
+    with pytest.raises(BadInputError, match="changed since this run was planned"):
+        producer.build(0)
