@@ -149,6 +149,9 @@ def test_explain_a_dataset_on_the_pool_one_or_two_actors_byte_identical_and_exac
     verify_run(s3_root, two)
     assert main(argv) == 0 and read_manifest(s3_root)["shards"] == two["shards"]  # finished: not written again
     assert main(["inspect", s3_root]) == 0 and "explanation" in capsys.readouterr().out
+    card = storage.read_bytes(storage.join(s3_root, "dataset_card.md")).decode()
+    assert 'sample_kind: "explanation"' in card and "The images are the source dataset's own" in card
+    assert "`cf.png` the counterfactual X-ray" in card and "model `justify`" in card
 
     found: dict[str, dict[str, bytes]] = {}
     for i in range(spec.num_shards):

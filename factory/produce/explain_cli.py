@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("--count", f"must be at least 1, not {args.count}")
     if args.seed < 0:
         raise BadInputError("--seed", f"must be at least 0, not {args.seed}")
-    metadata = _check_bundle(args.bundle)
+    from factory.produce.explain import explaining_bundle
+
+    metadata = explaining_bundle(args.bundle)  # refused before any network is built
     size = int(metadata["model_config"]["image_size"])
     # Every input is looked at (listed, opened) before the model loads and anything is written.
     inputs = list(_inputs(args.inputs, args.layout, size, args.count))
@@ -107,13 +109,6 @@ def _check_out(out: str) -> Path:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise BadInputError(out, "exists and is not an empty folder; explain into a new one (nothing is overwritten)")
     return path
-
-
-def _check_bundle(url: str) -> dict:
-    """The bundle's metadata, refused before any network is built when its model makes no explanations."""
-    from factory.produce.explain import explaining_bundle
-
-    return explaining_bundle(url)
 
 
 def _check_layout(layout: str) -> None:
