@@ -91,6 +91,23 @@ def test_label_consistency_term_is_off_by_default_and_moves_the_generator_when_o
     assert not torch.equal(ends[0.0], ends[5.0])  # same seeds: only the extra term differs
 
 
+def test_extra_teacher_forced_updates_move_f_alone():
+    """mle_steps = 3 adds two likelihood-only F updates after the G step: the other networks end as with 1."""
+    ends = {}
+    for steps in (1, 3):
+        recipe, nets, engines = _setup(mle_steps=steps)
+        metrics = recipe.train_step(engines, _batch([True] * B), 0, torch.Generator().manual_seed(0))
+        assert ("f_word_nll_last" in metrics) is (steps > 1)
+        ends[steps] = (metrics, parameters(nets))
+    (first, one), (more, three) = ends[1], ends[3]
+    assert more["f_word_nll"] == first["f_word_nll"] and more["f_word_nll_last"] < more["f_word_nll"]
+    for name in ("G", "D_image", "D_report", "D_joint"):
+        assert all(torch.equal(one[name][k], three[name][k]) for k in one[name])
+    assert not torch.equal(one["F"]["word_out.weight"], three["F"]["word_out.weight"])
+    with pytest.raises(ValueError, match="mle_steps"):
+        _setup(mle_steps=0)
+
+
 def test_unknown_labels_may_be_nan_when_unlabelled():
     recipe, _, engines = _setup()
     batch = _batch([True, False, True, False])

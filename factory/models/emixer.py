@@ -83,6 +83,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "report_weight": 1.0,
     "joint_weight": 1.0,
     "mle_weight": 1.0,
+    # Teacher-forced F updates per training step: 1 is the F step alone; k > 1 adds k - 1 updates of F's
+    # likelihood (and label-head) terms alone on the same real pairs after the G step. Not in the paper: at
+    # a few hundred steps F's words lag the images (docs/bench/train_emixer.md), and these updates cost no
+    # sampling and, with F's encoder frozen, no encoder gradients.
+    "mle_steps": 1,
     # F's encoder also learns the labels (a linear head, BCE on labelled real images): the stand-in for
     # the paper's encoder, a DenseNet pretrained as a chest X-ray classifier; 0 turns it off.
     "encoder_label_weight": 1.0,
@@ -119,7 +124,7 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
         raise ValueError("vocab_size must exceed the 4 special tokens")
     for key in ("channels", "num_labels", "z_chunk", "class_embedding", "g_width", "d_width", "f_width",
                 "max_sentences", "max_words", "image_feature", "word_embedding", "hidden", "word_layers",
-                "d_text_hidden", "d_steps", "report_beam"):
+                "d_text_hidden", "d_steps", "report_beam", "mle_steps"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f"{key} must be a positive integer, not {config[key]!r}")
     config["betas"] = list(config["betas"])

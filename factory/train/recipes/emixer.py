@@ -320,6 +320,14 @@ class EmixerRecipe(TrainingVocabulary, ConstantAdamRecipe):
                                                                                       fakes.labelled)
             G.backward(loss)
         G.step()
+        for _ in range(config["mle_steps"] - 1):  # more teacher-forced F updates on the same real pairs
+            with frozen(G, D_image, D_report, D_joint):
+                stop_logits, word_logits, label_logits = F_(images, reports)
+                last_word_nll, last_stop_nll = report_nll(stop_logits, word_logits, reports)
+                F_.backward(config["mle_weight"] * (last_word_nll + last_stop_nll)
+                            + config["encoder_label_weight"] * encoder_label_loss(label_logits, labels, labelled))
+            F_.step()
+            extra.update(f_word_nll_last=last_word_nll.detach(), f_stop_nll_last=last_stop_nll.detach())
         return {"g_image": image_loss.detach(), "g_rotation": rotation_loss.detach(),
                 "g_report": report_loss.detach(), "g_joint": joint_loss.detach(),
                 "f_word_nll": word_nll.detach(), "f_stop_nll": stop_nll.detach(), "f_label_bce": label_bce.detach(),
