@@ -115,11 +115,12 @@ def run(args: argparse.Namespace) -> int:
           "an untrained generator's numbers")
     if "reports" in metrics:
         ce = metrics["reports"]["clinical_efficacy"]
-        # Why the demo's reports state no findings: F learns to read findings over hundreds of steps (the
-        # training benchmark's curve), and the demo's minutes buy a few dozen.
+        # Why the demo's reports state no findings: in a probe, F trained for 800 teacher-forced updates (its
+        # encoder a frozen classifier) still wrote none for real phantoms greedily or by beam search, and the
+        # demo's minutes buy a few dozen steps (docs/bench/train_emixer.md).
         print(f"reports: clinical efficacy micro-F1 {ce['micro']['f1']:.3f} (an always-normal report scores 0): "
-              f"{args.steps} steps teach F the report's form, not yet to state an image's findings; "
-              "`medsynth bench train emixer` trains long enough for that")
+              f"after {args.steps} steps F writes the report's form, not an image's findings; it has not yet been "
+              "seen to state findings at any training length this project has measured (docs/bench/train_emixer.md)")
     local = "://" not in args.out
     root = os.path.abspath(args.out) if local else args.out
 
