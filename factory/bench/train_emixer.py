@@ -71,10 +71,10 @@ BENCH_MODEL: dict[str, Any] = {
     # F's encoder and label head start from a ResNet-10 classifier trained on other patients' phantoms
     # (`--encoder`), frozen, reading films as that classifier does ((x - 0.5) / 0.25 on [0, 1] films).
     "f_encoder_frozen": True, "f_input_mean": 0.5, "f_input_std": 0.25,
-    # Eight teacher-forced F updates a step (seven after the G step, on the same real pairs): in a probe,
-    # F trained on the likelihood alone still stated no finding of real held-out phantoms after 300
-    # updates, about what the bench's budget gives at one update a step; each extra update costs about
-    # 0.17 CPU-s per worker at batch 16 with the encoder frozen (a full step about 4).
+    # Eight teacher-forced F updates a step (seven after the G step, on the same real pairs): at one a step
+    # the budget gives F a few hundred, and in a probe F trained on the likelihood alone stated no finding
+    # of real held-out phantoms after 300 (nor after 800, at 4 a batch, which learned as fast per update);
+    # an extra update costs about 0.17 CPU-s per worker at batch 16 with the encoder frozen, a step about 4.
     "mle_steps": 8,
 }
 RUN_NAME = "emixer-bench"
