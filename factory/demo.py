@@ -115,12 +115,12 @@ def run(args: argparse.Namespace) -> int:
           "an untrained generator's numbers")
     if "reports" in metrics:
         ce = metrics["reports"]["clinical_efficacy"]
-        # Why the demo's reports state no findings: in a probe, F trained for 800 teacher-forced updates (its
-        # encoder a frozen classifier) still wrote none for real phantoms greedily or by beam search, and the
-        # demo's minutes buy a few dozen steps (docs/bench/train_emixer.md).
+        # Why the demo's reports state no findings: in a probe, F trained for 1,600 teacher-forced updates
+        # (its encoder a frozen classifier) still wrote next to none for real phantoms greedily or by beam
+        # search, and the demo's minutes buy a few dozen steps (docs/bench/train_emixer.md).
         print(f"reports: clinical efficacy micro-F1 {ce['micro']['f1']:.3f} (an always-normal report scores 0): "
-              f"after {args.steps} steps F writes the report's form, not an image's findings; it has not yet been "
-              "seen to state findings at any training length this project has measured (docs/bench/train_emixer.md)")
+              f"after {args.steps} steps F writes the report's form, not an image's findings; its greedy reports "
+              "have not yet been seen to state findings at any training length measured (docs/bench/train_emixer.md)")
     local = "://" not in args.out
     root = os.path.abspath(args.out) if local else args.out
 
