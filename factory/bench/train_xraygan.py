@@ -169,7 +169,7 @@ def _point_line(model: str, point: dict) -> str:
 
 # --- Table 4 -------------------------------------------------------------------------------------
 
-def table4(args, real, meter: CpuMeter) -> dict[str, Any]:
+def table4(args, real) -> dict[str, Any]:
     """UCGAN's C on `--table4-real` real phantoms, per threshold and real-only, over seeds (in process).
 
     Each threshold arm trains the whole UCGAN (G, D, T and C): the pseudo-labels come from the current
@@ -177,7 +177,31 @@ def table4(args, real, meter: CpuMeter) -> dict[str, Any]:
     can be shared with another's. The real-only arm trains C alone, with the same initial weights,
     batches, optimiser and loss as UCGAN's C step at xi = 0: G, D and T could not change its weights
     there, and alone its batch-norm statistics see no generated batch. C's macro-AUC on the held-out
-    real phantoms is read every `--table4-every` steps (its curve, to see whether it has levelled)."""
+    real phantoms is read every `--table4-every` steps (its curve, to see whether it has levelled).
+    Seeds run in `--table4-jobs` processes at once (the CPU meter counts them)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    settings = {k: getattr(args, k) for k in ("seed", "size", "batch", "thresholds", "table4_real", "table4_steps",
+                                              "table4_every", "table4_threads")}
+    seeds = range(args.seeds)
+    if args.table4_jobs > 1:
+        # spawn: the parent's torch thread pool does not survive a fork safely
+        with ProcessPoolExecutor(args.table4_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            per_seed = list(pool.map(table4_seed, [settings] * len(seeds), [real.images] * len(seeds),
+                                     [real.labels] * len(seeds), seeds))
+    else:
+        per_seed = [table4_seed(settings, real.images, real.labels, seed) for seed in seeds]
+    runs = {label: [arms[label] for arms in per_seed] for label in per_seed[0]}
+    summary = {label: {"mean": float(np.mean([r["macro_auc"] for r in v])),
+                       "std": float(np.std([r["macro_auc"] for r in v])), "runs": v} for label, v in runs.items()}
+    return {"real_images": args.table4_real, "steps": args.table4_steps, "seeds": args.seeds, "batch": args.batch,
+            "arms": summary}
+
+
+def table4_seed(settings: dict[str, Any], test_images: np.ndarray, test_labels: np.ndarray,
+                seed: int) -> dict[str, dict[str, Any]]:
+    """One seed of Table 4: every arm's run (table4)."""
     import torch
 
     from factory.data.phantoms.cxr import generate_study
@@ -187,60 +211,56 @@ def table4(args, real, meter: CpuMeter) -> dict[str, Any]:
     from factory.train.recipes import get_recipe
     from factory.train.recipes.xraygan import soft_cross_entropy
 
-    studies = [generate_study(args.seed, TABLE4_OFFSET + i, args.size) for i in range(args.table4_real)]
+    size, batch, steps = settings["size"], settings["batch"], settings["table4_steps"]
+    # One thread: on a loaded 2-core machine, two intra-op threads spent 9.3 CPU-s a UCGAN step, against 1.3.
+    torch.set_num_threads(settings["table4_threads"])
+    studies = [generate_study(settings["seed"], TABLE4_OFFSET + i, size) for i in range(settings["table4_real"])]
     images = torch.from_numpy(np.stack([s.image for s in studies])).float().div(127.5).sub(1)[:, None]
     labels = torch.from_numpy(np.stack([s.labels for s in studies]) == 1).float()
     targets = class_targets(labels, CXR_LABELS)
-    test = torch.from_numpy(real.images).float().div(127.5).sub(1)[:, None]
-    # One thread: on a loaded 2-core machine, two intra-op threads spent 9.3 CPU-s a UCGAN step, against 1.3.
-    torch.set_num_threads(args.table4_threads)
-    every = args.table4_every or args.table4_steps
-    checkpoints = sorted({*range(every, args.table4_steps + 1, every), args.table4_steps})
+    test = torch.from_numpy(test_images).float().div(127.5).sub(1)[:, None]
+    every = settings["table4_every"] or steps
+    checkpoints = sorted({*range(every, steps + 1, every), steps})
 
     def macro_auc(C: torch.nn.Module) -> float:
         C.eval()
         with torch.inference_mode():
             probabilities = torch.cat([torch.softmax(C(x), dim=1) for x in test.split(250)]).numpy()
         C.train()
-        return multilabel_auc(probabilities, real.labels, CXR_LABELS)["macro_auc"]
+        return multilabel_auc(probabilities, test_labels, CXR_LABELS)["macro_auc"]
 
-    arms = [("real only", None)] + [(f"t={t}", t) for t in args.thresholds]
-    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in arms}
-    for seed in range(args.seeds):
-        for label, threshold in arms:
-            cpu = meter.seconds()
-            recipe = get_recipe("xraygan-ucgan")
-            changes = {} if threshold is None else {"threshold": threshold}
-            nets = recipe.build({**BENCH_MODEL["xraygan-ucgan"], "image_size": args.size, **changes}, seed=seed)
+    runs: dict[str, dict[str, Any]] = {}
+    for label, threshold in [("real only", None)] + [(f"t={t}", t) for t in settings["thresholds"]]:
+        cpu = time.process_time()
+        recipe = get_recipe("xraygan-ucgan")
+        changes = {} if threshold is None else {"threshold": threshold}
+        nets = recipe.build({**BENCH_MODEL["xraygan-ucgan"], "image_size": size, **changes}, seed=seed)
+        if threshold is None:
+            nets = {"C": nets["C"]}
+        engines = torch_engines(nets, recipe.optimizer_config)
+        generator = torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng([seed, 4])
+        curve, kept = [], []
+        for step in range(1, steps + 1):
+            index = torch.from_numpy(rng.choice(len(studies), size=batch, replace=False))
             if threshold is None:
-                nets = {"C": nets["C"]}
-            engines = torch_engines(nets, recipe.optimizer_config)
-            generator = torch.Generator().manual_seed(seed)
-            rng = np.random.default_rng([seed, 4])
-            curve, kept = [], []
-            for step in range(1, args.table4_steps + 1):
-                index = torch.from_numpy(rng.choice(len(studies), size=args.batch, replace=False))
-                if threshold is None:
-                    C = engines["C"]
-                    C.backward(recipe.config["tau"] * soft_cross_entropy(C(images[index]), targets[index]))
-                    C.step()
-                else:
-                    losses = recipe.train_step(engines, {"image": images[index], "labels": labels[index],
-                                                         "targets": targets[index]}, step - 1, generator)
-                    kept.append(losses["c_kept"])
-                if step in checkpoints:
-                    curve.append({"step": step, "macro_auc": macro_auc(nets["C"])})
-            run = {"seed": seed, "macro_auc": curve[-1]["macro_auc"], "curve": curve,
-                   "cpu_minutes": (meter.seconds() - cpu) / 60}
-            if kept:
-                run["kept_share"] = float(np.mean(kept))
-            runs[label].append(run)
-            print(f"table 4 seed {seed} {label:9s} macro-AUC {run['macro_auc']:.3f}  "
-                  f"CPU {run['cpu_minutes']:.1f} min" + (f"  kept {run['kept_share']:.2f}" if kept else ""), flush=True)
-    summary = {label: {"mean": float(np.mean([r["macro_auc"] for r in v])),
-                       "std": float(np.std([r["macro_auc"] for r in v])), "runs": v} for label, v in runs.items()}
-    return {"real_images": args.table4_real, "steps": args.table4_steps, "seeds": args.seeds, "batch": args.batch,
-            "arms": summary}
+                C = engines["C"]
+                C.backward(recipe.config["tau"] * soft_cross_entropy(C(images[index]), targets[index]))
+                C.step()
+            else:
+                losses = recipe.train_step(engines, {"image": images[index], "labels": labels[index],
+                                                     "targets": targets[index]}, step - 1, generator)
+                kept.append(losses["c_kept"])
+            if step in checkpoints:
+                curve.append({"step": step, "macro_auc": macro_auc(nets["C"])})
+        run = {"seed": seed, "macro_auc": curve[-1]["macro_auc"], "curve": curve,
+               "cpu_minutes": (time.process_time() - cpu) / 60}
+        if kept:
+            run["kept_share"] = float(np.mean(kept))
+        runs[label] = run
+        print(f"table 4 seed {seed} {label:9s} macro-AUC {run['macro_auc']:.3f}  CPU {run['cpu_minutes']:.1f} min"
+              + (f"  kept {run['kept_share']:.2f}" if kept else ""), flush=True)
+    return runs
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -329,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Table 4: steps per run (0: no Table 4); thresholds x seeds UCGAN runs, each step about "
                              "1.2 CPU-s at 64 px and batch 16 with the bench widths (0.33 at 32 px), and seeds "
                              "real-only runs of C alone, about 0.12 CPU-s a step at 64 px")
+    parser.add_argument("--table4-jobs", type=int, default=1, help="Table 4: seeds run in this many processes at once")
     parser.add_argument("--table4-threads", type=int, default=1, help="Table 4: torch threads")
     parser.add_argument("--table4-every", type=int, default=50,
                         help="Table 4: read C's macro-AUC every this many steps (0: at the end only)")
@@ -364,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for model in models:
         result[model] = learn(model, args, work, evaluator, meter)
     cpu = meter.seconds()
-    result["table4"] = table4(args, real, meter) if args.table4_steps else None
+    result["table4"] = table4(args, real) if args.table4_steps else None
     table4_cpu = meter.seconds() - cpu
     result["emixer_image_branch"] = emixer_image_branch(args.emixer_json)
     minimum: dict[str, Any] = {}
