@@ -1,0 +1,27 @@
+"""Table 4 of `medsynth bench train xraygan`: its real-only arm (C alone) is UCGAN's C at xi = 0."""
+
+from __future__ import annotations
+
+import torch
+from test_xraygan_recipe import _batch, _setup
+
+from factory.bench.train_xraygan import real_only_step
+from factory.train.engines import torch_engines
+
+
+def test_real_only_arm_trains_c_as_ucgan_does_at_xi_zero():
+    recipe, nets, engines = _setup("xraygan-ucgan", seed=3, xi=0.0, threshold=0.0)
+    alone_recipe, alone_nets, _ = _setup("xraygan-ucgan", seed=3, xi=0.0)
+    alone_engines = torch_engines({"C": alone_nets["C"]}, alone_recipe.optimizer_config)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(3):
+        batch = _batch(step)
+        losses = recipe.train_step(engines, batch, step, generator)
+        real_only_step(alone_recipe, alone_engines, batch["image"], batch["targets"])
+    assert losses["c_kept"] == 1.0  # threshold 0: every fake reached C's loss, weighted by xi = 0
+    for (name, joint), alone_p in zip(nets["C"].named_parameters(), alone_nets["C"].parameters()):
+        assert torch.allclose(joint, alone_p, atol=1e-6), name
+    # The one difference: UCGAN's C step also normalises its generated batch, which moves the running statistics.
+    norms = [m for m in nets["C"].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    alone_norms = [m for m in alone_nets["C"].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not torch.allclose(norms[0].running_mean, alone_norms[0].running_mean)
