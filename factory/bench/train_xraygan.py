@@ -21,7 +21,7 @@ EMIXER's image branch at the same budget comes from its own benchmark's JSON (`-
 the same table.
 
 Writes docs/bench/train_xraygan.json (machine, settings, CPU minutes, every point and table) and the
-tables as Markdown (docs/bench/train_xraygan.md).
+tables as Markdown (docs/bench/train_xraygan_tables.md, beside the JSON).
 """
 
 from __future__ import annotations
@@ -414,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(args.out, {k: ({n: v2 for n, v2 in v.items() if not n.startswith("_")} if k in MODELS else v)
                           for k, v in result.items()})
     markdown = tables(result)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+    with open(os.path.splitext(args.out)[0] + "_tables.md", "w") as f:  # beside the hand-written .md, not over it
         f.write(markdown + "\n")
     print(markdown)
     print(json.dumps(minimum, indent=2))
