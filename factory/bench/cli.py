@@ -10,8 +10,9 @@ BENCHMARKS = {
     "cxr-phantom": ("factory.bench.cxr_phantom", "chest X-ray phantom: throughput, and learnability (per-finding AUC)"),
     "produce": ("factory.bench.produce", "production capacity: stages, actor scaling, S3, naive loop, Ray Data"),
     "brain-age": ("factory.bench.brain_age", "brain CT phantom: age regression from one slice (Pearson r)"),
-    "train": ("factory.bench.train", "train emixer|xraygan|medrat: learning curves within a CPU budget (emixer "
-                                     "--compare: DDP vs ZeRO-0 vs ZeRO-2; xraygan: the paper's Tables 3 and 4)"),
+    "train": ("factory.bench.train", "train emixer|xraygan|medrat|justify: learning curves within a CPU budget "
+                                     "(emixer --compare: DDP vs ZeRO-0 vs ZeRO-2; xraygan, justify: the "
+                                     "papers' Tables 3 and 4)"),
     "load": ("factory.bench.load", "production driver at 1k-100k shards: memory, manifest size, resume scan time"),
     "faults": ("factory.bench.faults", "fault matrix: killed driver/actor/node, S3 outage, full disk, two drivers, "
                                        "killed training worker, replaced bundle: samples lost, duplicated, recovery"),

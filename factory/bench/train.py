@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 BENCHMARKS = {"emixer": "factory.bench.train_emixer", "xraygan": "factory.bench.train_xraygan",
-              "medrat": "factory.bench.train_medrat"}
+              "medrat": "factory.bench.train_medrat", "justify": "factory.bench.train_justify"}
 
 
 def main(argv: list[str] | None = None) -> int:
