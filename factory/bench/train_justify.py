@@ -537,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2])
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
-                        help="justify config overrides (dotted keys, YAML values), e.g. lr.I=1e-3")
+                        help="justify config overrides (dotted keys, YAML values), e.g. lr.I=2e-4")
     parser.add_argument("--eval-count", type=int, default=500, help="held-out phantoms (Tables 3 and 4)")
     parser.add_argument("--m-count", type=int, default=100, help="held-out inputs M searches from, at most")
     parser.add_argument("--m-minutes", type=float, default=10.0,
