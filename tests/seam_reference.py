@@ -6,7 +6,7 @@ translation run (slices and a volume), and returns the sha256 of everything a us
 weights and metadata, each run's id and every shard's and volume's sha256. `seam_reference.json`
 holds the digests recorded with the code before the seam (commit 06313f5), on this kind of machine,
 except the EMIXER bundle and pair run, re-recorded when EMIXER gained config keys (f_encoder_frozen,
-f_input_mean, f_input_std; then report_beam): same weights, and the pair run's png/txt/cls/json
+f_input_mean, f_input_std; then report_beam; then mle_steps): same weights, and the pair run's png/txt/cls/json
 identical apart from run id and bundle hash;
 tests/test_generator_seam.py compares. Run as a script to print them again:
 `python tests/seam_reference.py tests/seam_reference.json` (needs Ray; starts a local one).
