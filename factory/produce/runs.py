@@ -224,60 +224,54 @@ def run_translation(config: TranslateConfig, command: str = "", progress: bool =
                    on_commit=on_commit, actor_name_prefix=actor_name_prefix, finish=volumes)
 
 
-def caption_spec(config: CaptionConfig, command: str = "") -> tuple[DatasetCaptions, RunSpec]:
-    """(producer spec, run spec) of a captioning run: the bundle's sha256 and the dataset index's sha256
-    are the run's identity, so captioning changed data or with another bundle is another run."""
+def _dataset_run(producer_type, config: CaptionConfig | ExplainConfig, bundle: dict[str, Any], size: int,
+                 verb: str, command: str) -> tuple[Any, RunSpec]:
+    """(producer spec, run spec) of a run over a dataset's studies: the bundle's sha256 and the dataset
+    index's sha256 are the run's identity, so the same command on changed data or with another bundle is
+    another run, and the same command again resumes instead of starting over."""
     from factory.data.adapters import open_dataset
 
-    bundle = captioning_bundle(config.bundle, "--bundle")
-    size = config.size or bundle["model_config"]["image_size"]
     dataset = open_dataset(config.source, config.layout, size=size)
     if len(dataset) == 0:
-        raise BadInputError(config.source, f"holds no {config.layout} studies to caption")
+        raise BadInputError(config.source, f"holds no {config.layout} studies to {verb}")
     count = min(config.count or len(dataset), len(dataset))
-    producer = DatasetCaptions(bundle=storage.absolute(config.bundle), bundle_sha256=bundle["sha256"],
-                               source=storage.absolute(config.source), layout=config.layout, size=size,
-                               dataset_sha256=dataset.index_sha256(), studies=len(dataset))
+    producer = producer_type(bundle=storage.absolute(config.bundle), bundle_sha256=bundle["sha256"],
+                             source=storage.absolute(config.source), layout=config.layout, size=size,
+                             dataset_sha256=dataset.index_sha256(), studies=len(dataset))
     settings = {"producer": producer.echo(), "shard_size": config.shard_size, "batch_size": config.batch_size}
-    # Same settings, same run id: running the same command again resumes instead of starting over.
-    run_id = config.run_id or f"caption-{bundle['recipe']}-s{config.seed}-{canonical_sha256([settings, count])[:8]}"
+    run_id = config.run_id or f"{verb}-{bundle['recipe']}-s{config.seed}-{canonical_sha256([settings, count])[:8]}"
     spec = RunSpec(run_id=run_id, requested=count, shard_size=config.shard_size, seed=config.seed,
                    sample_kind=producer.sample_kind, config=settings, command=command)
     return producer, spec
 
 
-def run_captioning(config: CaptionConfig, command: str = "", progress: bool = True) -> dict[str, Any]:
-    storage.check_writable(config.out)  # an unusable --out is refused before Ray starts
-    producer, spec = caption_spec(config, command)
-    return produce(producer, config.out, spec, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
-                   gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size, progress=progress)
+def caption_spec(config: CaptionConfig, command: str = "") -> tuple[DatasetCaptions, RunSpec]:
+    """(producer spec, run spec) of a captioning run (see _dataset_run)."""
+    bundle = captioning_bundle(config.bundle, "--bundle")
+    size = config.size or bundle["model_config"]["image_size"]
+    return _dataset_run(DatasetCaptions, config, bundle, size, "caption", command)
 
 
 def explanation_spec(config: ExplainConfig, command: str = "") -> tuple[DatasetExplanations, RunSpec]:
-    """(producer spec, run spec) of an explanation run: as a captioning run, the bundle's sha256 and the
-    dataset index's sha256 are the run's identity; the images are read at the bundle's image size."""
-    from factory.data.adapters import open_dataset
+    """(producer spec, run spec) of an explanation run (see _dataset_run); the images are read at the
+    bundle's image size."""
     from factory.produce.explain import explaining_bundle
 
     bundle = explaining_bundle(config.bundle, "--bundle")
-    size = int(bundle["model_config"]["image_size"])
-    dataset = open_dataset(config.source, config.layout, size=size)
-    if len(dataset) == 0:
-        raise BadInputError(config.source, f"holds no {config.layout} studies to explain")
-    count = min(config.count or len(dataset), len(dataset))
-    producer = DatasetExplanations(bundle=storage.absolute(config.bundle), bundle_sha256=bundle["sha256"],
-                                   source=storage.absolute(config.source), layout=config.layout, size=size,
-                                   dataset_sha256=dataset.index_sha256(), studies=len(dataset))
-    settings = {"producer": producer.echo(), "shard_size": config.shard_size, "batch_size": config.batch_size}
-    # Same settings, same run id: running the same command again resumes instead of starting over.
-    run_id = config.run_id or f"explain-{bundle['recipe']}-s{config.seed}-{canonical_sha256([settings, count])[:8]}"
-    spec = RunSpec(run_id=run_id, requested=count, shard_size=config.shard_size, seed=config.seed,
-                   sample_kind=producer.sample_kind, config=settings, command=command)
-    return producer, spec
+    return _dataset_run(DatasetExplanations, config, bundle, int(bundle["model_config"]["image_size"]), "explain",
+                        command)
+
+
+def _run_over_dataset(config: CaptionConfig | ExplainConfig, make_spec, command: str, progress: bool) -> dict[str, Any]:
+    storage.check_writable(config.out)  # an unusable --out is refused before Ray starts
+    producer, spec = make_spec(config, command)
+    return produce(producer, config.out, spec, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
+                   gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size, progress=progress)
+
+
+def run_captioning(config: CaptionConfig, command: str = "", progress: bool = True) -> dict[str, Any]:
+    return _run_over_dataset(config, caption_spec, command, progress)
 
 
 def run_explanation(config: ExplainConfig, command: str = "", progress: bool = True) -> dict[str, Any]:
-    storage.check_writable(config.out)  # an unusable --out is refused before Ray starts
-    producer, spec = explanation_spec(config, command)
-    return produce(producer, config.out, spec, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
-                   gpus_per_actor=config.gpus_per_actor, batch_size=config.batch_size, progress=progress)
+    return _run_over_dataset(config, explanation_spec, command, progress)
