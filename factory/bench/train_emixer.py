@@ -657,6 +657,15 @@ def write_json(path: str, result: dict[str, Any]) -> None:
         f.write("\n")
 
 
+def write_results(path: str, result: dict[str, Any], markdown: str) -> None:
+    """A benchmark's JSON at `path`, its tables beside it (`<name>_tables.md`, never over a hand-written
+    `<name>.md`), and the tables on stdout."""
+    write_json(path, result)
+    with open(os.path.splitext(path)[0] + "_tables.md", "w") as f:
+        f.write(markdown + "\n")
+    print(markdown)
+
+
 def parse_model(pairs: Sequence[str]) -> dict[str, Any]:
     """BENCH_MODEL with `key=value` overrides (dotted keys, YAML values), e.g. lr.G=1e-4."""
     from factory.config import _merge, parse_overrides

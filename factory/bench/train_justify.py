@@ -52,7 +52,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from factory.bench.train_emixer import BUDGET_MARGIN, HELD_OUT_OFFSET, CpuMeter, machine, run_segment, write_json
+from factory.bench.train_emixer import BUDGET_MARGIN, HELD_OUT_OFFSET, CpuMeter, machine, run_segment, write_results
 from factory.models.justify.config import DEFAULT_CONFIG
 
 # CPU-sized widths; the text side keeps the paper's sizes (code 300, noise 100). I learns at 1e-3 instead
@@ -575,11 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
     }
     meter.close()
-    write_json(args.out, result)
-    markdown = tables(result)
-    with open(os.path.splitext(args.out)[0] + "_tables.md", "w") as f:
-        f.write(markdown + "\n")
-    print(markdown)
+    write_results(args.out, result, tables(result))
     print(json.dumps(result["minimum"], indent=2))
     return 0
 

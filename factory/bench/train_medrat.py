@@ -35,7 +35,7 @@ import numpy as np
 
 from factory.bench import segments
 from factory.bench.train_emixer import BENCH_MODEL as EMIXER_BENCH_MODEL
-from factory.bench.train_emixer import CpuMeter, machine, real_sets, write_json
+from factory.bench.train_emixer import CpuMeter, machine, real_sets, write_results
 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "medrat": {},
@@ -286,11 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["settings"] = {k: v for k, v in vars(args).items() if k != "work"}
     result["machine"] = machine()
     meter.close()
-    write_json(args.out, result)
-    markdown = tables(result)
-    with open(os.path.splitext(args.out)[0] + "_tables.md", "w") as f:
-        f.write(markdown + "\n")
-    print(markdown)
+    write_results(args.out, result, tables(result))
     print(json.dumps(result.get("minimum"), indent=2))
     return 0
 

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from factory.bench import segments
-from factory.bench.train_emixer import CpuMeter, get_judge, machine, real_sets, write_json
+from factory.bench.train_emixer import CpuMeter, get_judge, machine, real_sets, write_results
 from factory.data.labels import CXR_LABELS
 
 MODELS = ("xraygan-cgan", "xraygan-ucgan")
@@ -411,12 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["cpu_minutes"] = {"judge": judge_info["cpu_s"] / 60, "table4": table4_cpu / 60, "total": meter.seconds() / 60}
     result["wall_minutes"] = (time.perf_counter() - started) / 60
     meter.close()
-    write_json(args.out, {k: ({n: v2 for n, v2 in v.items() if not n.startswith("_")} if k in MODELS else v)
-                          for k, v in result.items()})
-    markdown = tables(result)
-    with open(os.path.splitext(args.out)[0] + "_tables.md", "w") as f:  # beside the hand-written .md, not over it
-        f.write(markdown + "\n")
-    print(markdown)
+    write_results(args.out, {k: ({n: v2 for n, v2 in v.items() if not n.startswith("_")} if k in MODELS else v)
+                              for k, v in result.items()}, tables(result))
     print(json.dumps(minimum, indent=2))
     return 0
 

@@ -337,17 +337,17 @@ class MedRAT(nn.Module):
         words = torch.zeros(batch, width, device=device)
         out = torch.full((batch, width, length), Vocabulary.pad_id, dtype=torch.long, device=device)
         offsets = torch.arange(batch, device=device)[:, None] * width
+        vocab = self.word_out.out_features
+        pad_only = torch.full((vocab,), -math.inf, device=device)  # a finished beam's one continuation
+        pad_only[Vocabulary.pad_id] = 0.0
         for position in range(length):
             log_probs = torch.log_softmax(self._next_word_logits(word, position, memory, past).float(), dim=-1)
-            vocab = log_probs.shape[-1]
             log_probs = log_probs.view(batch, width, vocab)
-            pad_only = torch.full((vocab,), -math.inf, device=device)
-            pad_only[Vocabulary.pad_id] = 0.0
             log_probs = torch.where(finished[..., None], pad_only, log_probs)
             scores, picked = (scores[..., None] + log_probs).view(batch, width * vocab).topk(width, dim=1)
             origin, word = picked // vocab, picked % vocab
             past = [p[(origin + offsets).view(-1)] for p in past]
-            out = out.gather(1, origin[..., None].expand(-1, -1, length)).clone()
+            out = out.gather(1, origin[..., None].expand(-1, -1, length))
             finished, words = finished.gather(1, origin), words.gather(1, origin)
             out[:, :, position] = word
             words = words + (~finished).float()

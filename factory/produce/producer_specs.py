@@ -103,12 +103,10 @@ class CaptionedImages(BundleImages):
                                       self.reports_sha256, self.bundle_sha256)
 
 
-class DatasetCaptions(_ProducerSpec):
-    """A dataset's real chest X-rays, each with the report a captioning bundle writes for it. Sample n is
-    study n of the dataset's index (the index's sha256 joins the run's identity)."""
+class _DatasetStudies(_ProducerSpec):
+    """A bundle applied to a dataset's real chest X-rays: sample n is study n of the dataset's index (the
+    index's sha256 joins the run's identity), read at `size`."""
 
-    sample_kind: ClassVar[str] = "caption"
-    type: Literal["dataset-captions"] = "dataset-captions"
     bundle: str
     bundle_sha256: str
     source: str
@@ -116,6 +114,13 @@ class DatasetCaptions(_ProducerSpec):
     size: int = Field(ge=16)
     dataset_sha256: str
     studies: int = Field(gt=0)
+
+
+class DatasetCaptions(_DatasetStudies):
+    """A dataset's real chest X-rays, each with the report a captioning bundle writes for it."""
+
+    sample_kind: ClassVar[str] = "caption"
+    type: Literal["dataset-captions"] = "dataset-captions"
 
     def build(self, seed: int) -> Producer:
         from factory.produce.producers import DatasetCaptionProducer
@@ -124,7 +129,7 @@ class DatasetCaptions(_ProducerSpec):
                                       self.dataset_sha256)
 
 
-class DatasetExplanations(_ProducerSpec):
+class DatasetExplanations(_DatasetStudies):
     """A dataset's real chest X-rays, each with the explanation a bundle whose model explains makes for it
     (factory.models.spec.Explanation): diagnosis, justification caption and the counterfactual X-ray of
     the nearest alternative diagnosis. Sample n is study n of the dataset's index (the index's sha256
@@ -132,13 +137,6 @@ class DatasetExplanations(_ProducerSpec):
 
     sample_kind: ClassVar[str] = "explanation"
     type: Literal["dataset-explanations"] = "dataset-explanations"
-    bundle: str
-    bundle_sha256: str
-    source: str
-    layout: str
-    size: int = Field(ge=16)
-    dataset_sha256: str
-    studies: int = Field(gt=0)
 
     def build(self, seed: int) -> Producer:
         from factory.produce.producers import DatasetExplanationProducer
