@@ -143,3 +143,18 @@ def test_plain_webdataset_and_tarfile_read_identical_keys_and_bytes(storage_root
         png = Image.open(io.BytesIO(bytes.fromhex(sample["png"])))
         assert np.array_equal(np.array(png), expected[index].images["png"])
         assert json.loads(bytes.fromhex(sample["json"]))["index"] == index
+
+
+def test_schemas_list_exactly_the_sample_kinds_producers_make():
+    """A kind the schemas allow but no producer makes (or one a producer makes that they refuse) is drift."""
+    import typing
+
+    from factory.produce.producer_specs import ProducerSpec
+    from factory.produce.samples import SAMPLE_MEMBERS
+    from factory.validation import validator
+
+    specs = typing.get_args(typing.get_args(ProducerSpec)[0])
+    made = {spec.sample_kind for spec in specs}
+    sample_kinds = set(validator("sample").schema["properties"]["kind"]["enum"])
+    manifest_kinds = set(validator("manifest").schema["properties"]["sample_kind"]["enum"])
+    assert made == set(SAMPLE_MEMBERS) == sample_kinds == manifest_kinds

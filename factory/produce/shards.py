@@ -82,7 +82,7 @@ class RunSpec:
     requested: int  # sample slots 0..requested-1
     shard_size: int
     seed: int
-    sample_kind: str  # pair | image | translation | counterfactual | caption | explanation
+    sample_kind: str  # pair | image | translation | caption | explanation (SAMPLE_MEMBERS)
     config: dict[str, Any] = field(default_factory=dict)  # echoed into the manifest, no credentials
     command: str = ""
 
