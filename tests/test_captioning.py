@@ -75,6 +75,10 @@ def test_caption_a_dataset_with_one_or_two_actors_byte_identical_and_exactly_onc
     producer, spec = caption_spec(config)
     assert isinstance(producer, DatasetCaptions) and spec.requested == 5 and producer.size == 32
     one_and_two_actors(producer, spec, tmp_path)
+    card = (tmp_path / "two" / "dataset_card.md").read_text()
+    front = card.split("\n---\n", 1)[0]  # the images are the dataset's: only the reports are generated
+    assert "\nsynthetic: false\n" in front and '\ngenerated: ["txt"]\n' in front
+    assert "only the report (`txt`) of each sample is generated" in card and "Synthetic data" not in card
 
     dataset = open_dataset(str(made / "cxr"), "chexpert", size=32)
     found = {}

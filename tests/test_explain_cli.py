@@ -151,6 +151,7 @@ def test_explain_a_dataset_on_the_pool_one_or_two_actors_byte_identical_and_exac
     assert main(["inspect", s3_root]) == 0 and "explanation" in capsys.readouterr().out
     card = storage.read_bytes(storage.join(s3_root, "dataset_card.md")).decode()
     assert 'sample_kind: "explanation"' in card and "The images are the source dataset's own" in card
+    assert '\nsynthetic: false\ngenerated: ["txt", "cf.png", "json.explanation"]\n' in card
     assert "`cf.png` the counterfactual X-ray" in card and "model `justify`" in card
 
     found: dict[str, dict[str, bytes]] = {}

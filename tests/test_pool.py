@@ -194,6 +194,7 @@ def test_quality_gate_drops_before_writing_and_manifest_counts(ray_local, tmp_pa
     verify_run(out, manifest)
     card = open(os.path.join(out, "dataset_card.md")).read()  # written before the manifest, beside it
     assert '---\nrun_id: "gate-test"\nsample_kind: "pair"\ncount: 20\n' in card
+    assert "\nsynthetic: true\nintended_use: " in card and "\ngenerated: " not in card
     assert "built-in chest X-ray phantom" in card and "dropped by quality gates: flat-image 10" in card
     assert "quality gates: " in card and "not for diagnosis" in card
     wanted = {("medsynth_produce_samples_dropped", "flat-image"): 10, ("medsynth_produce_samples", None): 20}

@@ -1,6 +1,7 @@
 """The dataset card: a short Markdown file beside a finished run's manifest, for the people who use it.
 
-    OUT/dataset_card.md   YAML front matter (run id, kind, count, intended use) and the sections
+    OUT/dataset_card.md   YAML front matter (run id, kind, count, whether synthetic and, for runs of a
+                          dataset's real images, which members are generated; intended use) and the sections
                           What made it, What it holds, Known limits, Intended use
 
 It is made from the manifest alone plus the generator bundle's metadata (its model, whether it was
@@ -20,10 +21,23 @@ from factory.errors import FactoryError
 from factory.storage import StorageOptions
 
 CARD_NAME = "dataset_card.md"
-# Kinds whose `png` is a real image of the source dataset (the rest of the sample is generated).
-REAL_IMAGE_KINDS = ("caption", "explanation")
+# Kinds whose `png` is a real image of the source dataset: what of each sample a model generated (the
+# rest, image and labels, is the dataset's own), so the card never calls such a run synthetic.
+GENERATED_PARTS = {
+    "caption": ["txt"],
+    "explanation": ["txt", "cf.png", "json.explanation"],
+}
+GENERATED_TEXT = {
+    "caption": "the report (`txt`)",
+    "explanation": "the justification (`txt`), the counterfactual X-ray (`cf.png`) and the diagnosis with its "
+                   "probabilities (the json's `explanation`)",
+}
 INTENDED_USE = ("synthetic data for machine-learning research (augmentation, pipeline and capacity tests); "
                 "not for diagnosis, clinical decisions or as evidence about real patients")
+REAL_IMAGE_TERMS = ("The images are copies of the source dataset's: its licence and data-use terms (patient "
+                    "privacy included) apply to this run as they do to the dataset.")
+REAL_IMAGE_USE = ("model-written annotations of a dataset's real images for machine-learning research; "
+                  "not for diagnosis, clinical decisions or as evidence about real patients")
 
 KIND_TEXT = {
     "pair": "chest X-ray images with free-text reports",
@@ -88,7 +102,7 @@ def _made_by(producer: dict[str, Any]) -> tuple[list[str], list[str]]:
              + (f" ({training['count']} studies)" if training.get("count") else "")]
     limits = []
     if metadata.get("trained") is False:
-        limits.append("The generator is untrained: its samples are noise with the right shapes, useful for "
+        limits.append("The generator is untrained: what it generates is noise with the right shapes, useful for "
                       "testing pipelines and capacity only.")
     description = str(training.get("description") or "")
     if "phantom" in description:
@@ -114,18 +128,21 @@ def _kind_limits(manifest: dict[str, Any], producer: dict[str, Any]) -> list[str
                 "The age label is the source study's; the translation is not guaranteed to keep age-related "
                 "anatomy (`medsynth evaluate` reports an age regressor's error on the translations).",
                 "Slices are translated one by one: a volume's slices need not be consistent along its axis."]
+    if kind == "caption":
+        return ["Reports are one model's readings of the images, not ground truth; `labels` and `cls` are the "
+                "dataset's own labels of each study.", REAL_IMAGE_TERMS]
     if kind == "explanation":
         return ["Diagnoses, justifications and counterfactuals are one model's readings of the images, not ground "
                 "truth; `labels` and `cls` are the dataset's own labels of each study.",
                 "A counterfactual whose `alternative_reached` is false did not reach the alternative diagnosis in "
-                "the model's own reading."]
+                "the model's own reading.", REAL_IMAGE_TERMS]
     return []
 
 
 def _what_is_real(kind: str) -> list[str]:
-    if kind in REAL_IMAGE_KINDS:
+    if kind in GENERATED_PARTS:
         return [f"Data: {KIND_TEXT.get(kind, kind)}, made by MedSynth Factory. The images are the source dataset's "
-                "own; everything else but its labels is generated."]
+                f"own, and so are their labels; only {GENERATED_TEXT[kind]} of each sample is generated."]
     return [f"Synthetic data: {KIND_TEXT.get(kind, kind)}, made by MedSynth Factory. Every sample is generated; "
             "none is a patient's image or report."]
 
@@ -138,8 +155,11 @@ def render_card(manifest: dict[str, Any], seed: int) -> str:
     config = manifest.get("config") or {}
     producer = config.get("producer") or {}
     made, limits = _made_by(producer)
+    real_images = kind in GENERATED_PARTS
+    intended_use = REAL_IMAGE_USE if real_images else INTENDED_USE
     front = {"run_id": manifest["run_id"], "sample_kind": kind, "count": manifest["count"],
-             "created_at": manifest["created_at"], "synthetic": True, "intended_use": INTENDED_USE}
+             "created_at": manifest["created_at"], "synthetic": not real_images,
+             **({"generated": GENERATED_PARTS[kind]} if real_images else {}), "intended_use": intended_use}
     lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in front.items()), "---", "",
              f"# Dataset card: {manifest['run_id']}", "",
              *_what_is_real(kind), "",
@@ -171,7 +191,7 @@ def render_card(manifest: dict[str, Any], seed: int) -> str:
             lines.append(f"| {name} | {count} | {count / max(manifest['count'], 1):.1%} |")
     lines += ["", "## Known limits", "", *(f"- {text}" for text in limits + _kind_limits(manifest, producer)),
               "- No measurement of quality is part of this card: `medsynth evaluate` writes one.",
-              "", "## Intended use", "", f"{INTENDED_USE[0].upper()}{INTENDED_USE[1:]}.", ""]
+              "", "## Intended use", "", f"{intended_use[0].upper()}{intended_use[1:]}.", ""]
     return "\n".join(lines)
 
 
