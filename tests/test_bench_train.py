@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image
 
 from factory.bench.learning_plot import plot_learning
-from factory.bench.train_emixer import CpuMeter, SegmentPlanner, macro_f1, reading_scores, segment_bundles
+from factory.bench.train_emixer import (CpuMeter, SegmentPlanner, bench_settings, macro_f1, reading_scores,
+                                        segment_bundles)
 from factory.data.labels import CXR_LABELS
 
 
@@ -83,3 +84,14 @@ def test_xraygan_evaluation_points_reach_the_runs_timeline_as_their_numeric_scor
     assert evaluation_scalars(point) == {"fid": 12.5, "kept": 0.75, "macro_auc": 0.81}
     record_evaluation(str(tmp_path), "xraygan-cgan-bench", 40, evaluation_scalars(point))
     assert any(name.endswith(".eval") for name in os.listdir(events_url(str(tmp_path), "xraygan-cgan-bench")))
+
+
+def test_bench_settings_record_judge_count_and_epochs_only_for_a_judge_trained_here():
+    from argparse import Namespace
+
+    args = Namespace(judge=None, judge_count=5000, judge_epochs=8, size=64, work="/tmp/w")
+    assert bench_settings(args, {"trained_here": True}) == {"judge": None, "judge_count": 5000, "judge_epochs": 8,
+                                                           "size": 64}
+    args.judge = "/bundles/judge"  # given: its own count and epochs are in the JSON's `judge` block
+    assert bench_settings(args, {"trained_here": False}) == {"judge": "/bundles/judge", "judge_count": None,
+                                                            "judge_epochs": None, "size": 64}

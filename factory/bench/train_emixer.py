@@ -323,6 +323,16 @@ def get_judge(args, work: str, meter: CpuMeter) -> tuple[Any, dict[str, Any]]:
     return judge, info
 
 
+def bench_settings(args, judge_info: dict[str, Any], leave_out: tuple[str, ...] = ("work",)) -> dict[str, Any]:
+    """The options a bench ran with, for its JSON's `settings`. --judge-count and --judge-epochs apply only
+    to a judge trained here; a given or reused judge made them unused, so they are recorded as null (the
+    JSON's `judge` block has that judge's own)."""
+    settings = {k: v for k, v in vars(args).items() if k not in leave_out}
+    if not judge_info["trained_here"]:
+        settings.update(judge_count=None, judge_epochs=None)
+    return settings
+
+
 # --- training segments ---------------------------------------------------------------------------
 
 def train_config(args, name: str, storage: str, steps: int, **changes):

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from factory.bench import segments
-from factory.bench.train_emixer import CpuMeter, get_judge, machine, real_sets, write_results
+from factory.bench.train_emixer import CpuMeter, bench_settings, get_judge, machine, real_sets, write_results
 from factory.data.labels import CXR_LABELS
 
 MODELS = ("xraygan-cgan", "xraygan-ucgan")
@@ -406,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             "seeds": args.seeds, "real_images": args.table4_real,
                                             "met": bool(gain >= MINIMUM["ucgan_gain_over_real_only"])}
     result["minimum"] = minimum
-    result["settings"] = {k: v for k, v in vars(args).items() if k not in ("work",)} | {"bench_model": BENCH_MODEL}
+    result["settings"] = bench_settings(args, judge_info) | {"bench_model": BENCH_MODEL}
     result["machine"] = machine()
     result["cpu_minutes"] = {"judge": judge_info["cpu_s"] / 60, "table4": table4_cpu / 60, "total": meter.seconds() / 60}
     result["wall_minutes"] = (time.perf_counter() - started) / 60
