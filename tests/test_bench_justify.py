@@ -43,3 +43,27 @@ def test_the_reference_is_a_seeded_pool_image_of_the_target_diagnosis_never_the_
 def test_the_diagnosis_only_captioner_takes_the_most_common_caption():
     assert bench.most_common(["a b", "c d", "c d", "a b", "c d"]) == "c d"
     assert bench.most_common(["x", "y"]) == "x"  # ties: the first seen
+
+
+def test_the_figure_keeps_every_header_and_title_inside_it():
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    images = lambda: rng.integers(0, 256, (6, 16, 16), dtype=np.uint8)  # noqa: E731
+    diagnoses = np.array([0, 1] * 3)
+    held = SimpleNamespace(small=images(), diagnoses=diagnoses)
+    found = {"target": 1 - diagnoses, "diagnosis": diagnoses, "low": images()}
+    fig = bench.draw_figure(held, found, images(), images(), diagnoses, ["No Finding", "Cardiomegaly"])
+    try:
+        renderer = fig.canvas.get_renderer()
+        fig.draw(renderer)
+        texts = [t for ax in fig.axes for t in [ax.title, *ax.texts] if t.get_text()]
+        assert [t.get_text() for t in fig.axes[0].texts] == ["input"] and len(texts) == 6 * 4 + 4
+        for text in texts:
+            box = text.get_window_extent(renderer)
+            assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1, \
+                text.get_text()
+    finally:
+        plt.close(fig)

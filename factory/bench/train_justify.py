@@ -379,6 +379,17 @@ def reconstructions(nets: dict, images: np.ndarray) -> np.ndarray:
 
 def figure(held: HeldOut, found: dict, recon: np.ndarray, references: np.ndarray, read: np.ndarray,
            names: Sequence[str], path: str, rows: int = 6) -> None:
+    """Write draw_figure's rows as a PNG at `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_figure(held, found, recon, references, read, names, rows)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_figure(held: HeldOut, found: dict, recon: np.ndarray, references: np.ndarray, read: np.ndarray,
+                names: Sequence[str], rows: int = 6):
     """Rows of input | G1(I(x)) | counterfactual | a real image of the alternative diagnosis."""
     import matplotlib
 
@@ -389,8 +400,13 @@ def figure(held: HeldOut, found: dict, recon: np.ndarray, references: np.ndarray
     order = list(np.argsort(held.diagnoses[:len(found["target"])], kind="stable"))
     picked = sorted({*order[:rows // 2], *order[-(rows - rows // 2):]})[:rows]
     columns = ["input", "G1(I(x))", "counterfactual", "real, alternative"]
-    fig, axes = plt.subplots(len(picked), len(columns), figsize=(2.2 * len(columns), 2.4 * len(picked)))
-    axes = np.atleast_2d(axes)
+    # Constrained layout makes room for the column headers above the first row's two-line titles (with
+    # tight_layout, headers placed there fell partly outside the figure).
+    fig, axes = plt.subplots(len(picked), len(columns), figsize=(2.2 * len(columns), 2.4 * len(picked) + 0.3),
+                             squeeze=False, layout="constrained")
+    for ax, header in zip(axes[0], columns):
+        ax.annotate(header, xy=(0.5, 1), xycoords="axes fraction", xytext=(0, 26), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=9)
     for r, i in enumerate(picked):
         cells = [(held.small[i], f"true {names[held.diagnoses[i]]}\nI: {names[found['diagnosis'][i]]}"),
                  (recon[i], "reconstruction"),
@@ -400,12 +416,7 @@ def figure(held: HeldOut, found: dict, recon: np.ndarray, references: np.ndarray
             axes[r, c].imshow(image, cmap="gray", vmin=0, vmax=255)
             axes[r, c].set_title(title, fontsize=7)
             axes[r, c].axis("off")
-            if r == 0:
-                axes[r, c].text(0.5, 1.35, columns[c], fontsize=9, ha="center", transform=axes[r, c].transAxes)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 # --- the benchmark -------------------------------------------------------------------------------
