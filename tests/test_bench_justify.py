@@ -51,7 +51,10 @@ def test_the_figure_keeps_every_header_and_title_inside_it():
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(0)
-    images = lambda: rng.integers(0, 256, (6, 16, 16), dtype=np.uint8)  # noqa: E731
+
+    def images():
+        return rng.integers(0, 256, (6, 16, 16), dtype=np.uint8)
+
     diagnoses = np.array([0, 1] * 3)
     held = SimpleNamespace(small=images(), diagnoses=diagnoses)
     found = {"target": 1 - diagnoses, "diagnosis": diagnoses, "low": images()}
