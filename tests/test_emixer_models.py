@@ -142,6 +142,48 @@ def test_sampled_reports_pad_after_eos_and_after_stop(nets):
             F.word_out.bias.copy_(saved[1])
 
 
+def _first_eos_mask(ids: torch.Tensor) -> torch.Tensor:
+    """True at every word up to and including a sentence's first <eos> (all words if it has none)."""
+    eos = (ids == Vocabulary.eos_id).long()
+    return torch.cumsum(eos, dim=-1) - eos == 0
+
+
+def test_writing_reads_back_each_sentence_as_teacher_forcing_does():
+    torch.manual_seed(2)
+    F = build_networks(make_config(TINY))["F"].eval()
+    images = torch.randn(B, 1, 32, 32)
+    with torch.no_grad():
+        F.stop.bias.fill_(-50.0)  # every sentence exists, so each one is read back
+        for part in (F.sentence_lstm, F.topic, F.word_lstm):  # words that follow the topics
+            for p in part.parameters():
+                p.normal_(0.0, 1.0)
+        F.word_out.weight.normal_(0.0, 2.0)
+        F.word_out.bias.zero_()
+        F.word_out.bias[[Vocabulary.pad_id, Vocabulary.eos_id]] = -10.0  # sentences of several words
+        ids = F(images, mode="greedy")
+        _, word_logits, _ = F(images, ids)
+    # Teacher forcing on F's own report reproduces every word it wrote: the two modes feed back the same.
+    written = _first_eos_mask(ids)
+    assert torch.equal(word_logits.argmax(-1)[written], ids[written])
+    assert len({tuple(row.tolist()) for row in ids[0]}) > 1, "every sentence alike: the test shows nothing"
+
+
+@pytest.mark.parametrize("feedback", [True, False])
+def test_a_sentence_reads_the_one_before_it_only_with_feedback(feedback):
+    torch.manual_seed(0)
+    F = build_networks(make_config(TINY, sentence_feedback=feedback))["F"].eval()
+    images = torch.randn(B, 1, 32, 32)
+    reports = torch.randint(Vocabulary.unk_id + 1, 20, (B, 3, 5))
+    changed = reports.clone()
+    changed[:, 0] = torch.randint(Vocabulary.unk_id + 1, 20, (B, 5))
+    with torch.no_grad():
+        stop, words, _ = F(images, reports)
+        stop2, words2, _ = F(images, changed)
+    assert torch.equal(stop[:, 0], stop2[:, 0])
+    assert torch.equal(words[:, :, 0], words2[:, :, 0]) is not feedback  # first words: the topics alone
+    assert torch.allclose(stop[:, 1], stop2[:, 1]) is not feedback
+
+
 def test_generate_is_deterministic_given_z(nets):
     z, labels = _inputs()
     images, ids = generate(nets, labels, z)

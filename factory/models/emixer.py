@@ -11,8 +11,10 @@
 - F: report generator. CNN image encoder (`f_encoder`: the discriminators' BigGAN trunk, or a
   torchvision ResNet-10/18 with batch norm, trained from scratch: no pretrained weights here; a linear
   label head on its features learns the labels, as the paper's encoder was trained to) ->
-  sentence LSTM whose hidden state gives a STOP logit and, through three linear layers, a topic
-  vector -> multi-layer word LSTM fed [topic, <bos>, words...] for every sentence in parallel.
+  sentence LSTM (reading the image feature and, `sentence_feedback`, the previous sentence's mean word
+  embedding) whose hidden state gives a STOP logit and, through three linear layers, a topic
+  vector -> multi-layer word LSTM fed [topic, <bos>, words...] (teacher-forced: every sentence in
+  parallel; writing: sentence by sentence, each read back before the next).
 - D_report: LSTMs over the report's word embeddings: a word LSTM per sentence, then a sentence LSTM
   over the sentences' final states (padding rows and words included, as real reports have them).
 - D_joint: image CNN trunk + report LSTM, concatenated, MLP head.
@@ -68,6 +70,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "word_embedding": 128,
     "hidden": 256,
     "word_layers": 3,
+    # Not in the paper: the sentence LSTM also reads the previous sentence (the mean embedding of its
+    # words: the real one when teacher-forced, F's own when writing). Without it every sentence's topic is
+    # the same function of the image, and an argmax decoder writes one formulaic negation throughout
+    # (docs/bench/train_emixer.md).
+    "sentence_feedback": True,
     "d_text_hidden": 128,
     # Words of a sentence at inference: 1 = greedy, more = beam search of that width (each sentence
     # apart, the highest total log-probability). Training's free-running reports stay Gumbel samples.
@@ -116,8 +123,9 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
         raise ValueError(f"label_fraction must lie in [0, 1], not {config['label_fraction']!r}")
     if config["f_encoder"] not in F_ENCODERS:
         raise ValueError(f"f_encoder must be one of {sorted(F_ENCODERS)}, not {config['f_encoder']!r}")
-    if not isinstance(config["f_encoder_frozen"], bool):
-        raise ValueError(f"f_encoder_frozen must be true or false, not {config['f_encoder_frozen']!r}")
+    for key in ("f_encoder_frozen", "sentence_feedback"):
+        if not isinstance(config[key], bool):
+            raise ValueError(f"{key} must be true or false, not {config[key]!r}")
     if not isinstance(config["f_input_std"], (int, float)) or config["f_input_std"] <= 0:
         raise ValueError(f"f_input_std must be positive, not {config['f_input_std']!r}")
     if config["vocab_size"] <= Vocabulary.unk_id:
@@ -204,7 +212,11 @@ class ReportGenerator(nn.Module):
         resnet_blocks = F_ENCODERS[config["f_encoder"]]
         self.encoder = (ImageEncoder(config["image_size"], config["channels"], config["f_width"], spectral=False)
                         if resnet_blocks is None else ResNetEncoder(config["channels"], resnet_blocks))
-        self.feature = nn.Linear(self.encoder.out_channels, config["image_feature"])
+        # Layer norm on the image feature and the topics: a classifier's pooled features run to norms near
+        # 100, which saturate the sentence LSTM's gates (every sentence, every image the same topic) and,
+        # through topics of norm ~140, the word LSTM's (docs/bench/train_emixer.md).
+        self.feature = nn.Sequential(nn.Linear(self.encoder.out_channels, config["image_feature"]),
+                                     nn.LayerNorm(config["image_feature"]))
         self.label_head = nn.Linear(self.encoder.out_channels, config["num_labels"])
         # ((x + 1) / 2 - mean) / std as one affine map of x
         self.input_scale = 0.5 / float(config["f_input_std"])
@@ -213,10 +225,11 @@ class ReportGenerator(nn.Module):
         if self.encoder_frozen:
             for p in (*self.encoder.parameters(), *self.label_head.parameters()):
                 p.requires_grad_(False)
-        self.sentence_lstm = nn.LSTMCell(config["image_feature"], hidden)
+        self.feedback = bool(config["sentence_feedback"])
+        self.sentence_lstm = nn.LSTMCell(config["image_feature"] + (embedding if self.feedback else 0), hidden)
         self.stop = nn.Linear(hidden, 1)
         self.topic = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                   nn.Linear(hidden, embedding))
+                                   nn.Linear(hidden, embedding), nn.LayerNorm(embedding))
         self.word_embed = nn.Embedding(config["vocab_size"], embedding)
         self.word_lstm = nn.LSTM(embedding, hidden, num_layers=config["word_layers"], batch_first=True)
         self.word_out = nn.Linear(hidden, config["vocab_size"])
@@ -246,45 +259,78 @@ class ReportGenerator(nn.Module):
         Rows after the sentence decoder's STOP and words after <eos> are <pad> in every sampling mode.
         `with_labels` (sampling modes): also return the label head's logits, from the same encoder pass."""
         features = self.read(images)
+        label_logits = self.label_head(features)
         if mode == "labels":
-            return self.label_head(features)
-        sentences = reports.shape[1] if reports is not None else (max_sentences or self.max_sentences)
-        topics, stop_logits = self._sentences(features, sentences)
-        b, s, e = topics.shape
+            return label_logits
+        v = self.feature(features)
         if mode == "teacher":
+            topics, stop_logits = self._teacher_sentences(v, reports)
+            b, s, e = topics.shape
             words = reports.reshape(b * s, -1)
             bos = self.word_embed.weight[Vocabulary.bos_id].expand(b * s, 1, e)
             inputs = torch.cat([topics.reshape(b * s, 1, e), bos, self.word_embed(words[:, :-1])], dim=1)
             out, _ = self.word_lstm(inputs)
-            return stop_logits, self.word_out(out[:, 1:]).view(b, s, words.shape[1], -1), self.label_head(features)
+            return stop_logits, self.word_out(out[:, 1:]).view(b, s, words.shape[1], -1), label_logits
         if mode == "best":
             mode = "greedy" if self.beam == 1 else "beam"
         if mode not in ("greedy", "beam", "sample", "gumbel"):
             raise ValueError(f"unknown report mode {mode!r}")
         if mode not in ("greedy", "beam") and generator is None:
             raise ValueError(f"report mode {mode!r} needs a torch.Generator")
-        # STOP draws come first: the word loop may end early, and what it draws depends on when.
-        if mode in ("greedy", "beam"):
-            stops = stop_logits > 0
-        else:
-            stops = uniform(stop_logits.shape, generator, stop_logits.device) < torch.sigmoid(stop_logits)
-        if mode == "beam":
-            tokens = self._beam_words(topics.reshape(b * s, e), max_words or self.max_words, self.beam)
-        else:
-            tokens = self._words(topics.reshape(b * s, e), max_words or self.max_words, mode, temperature, generator)
-        # A sentence exists while no STOP has been drawn at or before it.
-        exists = torch.cumsum(stops.long(), dim=1) == 0
-        tokens = _mask_to_pad(tokens.view(b, s, *tokens.shape[1:]), exists[:, :, None])
-        return (tokens, self.label_head(features)) if with_labels else tokens
+        tokens = self._write(v, max_sentences or self.max_sentences, max_words or self.max_words, mode,
+                             temperature, generator)
+        return (tokens, label_logits) if with_labels else tokens
 
-    def _sentences(self, features: torch.Tensor, sentences: int) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self.feature(features)
+    def _sentence_inputs(self, v: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+        if not self.feedback:
+            return v
+        return torch.cat([v, v.new_zeros(v.shape[0], self.word_embed.embedding_dim) if previous is None else previous], 1)
+
+    def _summary(self, words: torch.Tensor) -> torch.Tensor:
+        """Mean embedding of a sentence's words (<eos> included, <pad> not): (..., W) ids or (..., W, V)
+        one-hot rows -> (..., E); an empty sentence gives zeros."""
+        if words.dtype == torch.long:
+            embedded, real = self.word_embed(words), (words != Vocabulary.pad_id).to(self.word_embed.weight.dtype)
+        else:
+            embedded, real = words @ self.word_embed.weight, 1.0 - words[..., Vocabulary.pad_id].detach()
+        return (embedded * real[..., None]).sum(-2) / real.sum(-1, keepdim=True).clamp(min=1.0)
+
+    def _teacher_sentences(self, v: torch.Tensor, reports: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Topics (B, S, E) and STOP logits (B, S), sentence s reading the real sentence s - 1."""
+        summaries = self._summary(reports) if self.feedback else None
         state, hidden = None, []
-        for _ in range(sentences):
-            state = self.sentence_lstm(v, state)
+        for s in range(reports.shape[1]):
+            previous = summaries[:, s - 1] if self.feedback and s else None
+            state = self.sentence_lstm(self._sentence_inputs(v, previous), state)
             hidden.append(state[0])
         h = torch.stack(hidden, dim=1)
         return self.topic(h), self.stop(h).squeeze(-1)
+
+    def _write(self, v: torch.Tensor, sentences: int, max_words: int, mode: str, temperature: float,
+               generator: torch.Generator | None) -> torch.Tensor:
+        """Free-running report, sentence by sentence: ids (B, S, W), one-hot (B, S, W, V) for "gumbel".
+        Rows after the sentence decoder's STOP and words after <eos> are <pad>."""
+        b = v.shape[0]
+        # STOP draws come first: the word loop may end early, and what it draws depends on when.
+        stop_draws = None if mode in ("greedy", "beam") else uniform((b, sentences), generator, v.device)
+        state, previous, rows = None, None, []
+        exists = torch.ones(b, dtype=torch.bool, device=v.device)
+        for s in range(sentences):
+            state = self.sentence_lstm(self._sentence_inputs(v, previous), state)
+            stop_logit = self.stop(state[0]).squeeze(-1)
+            # A sentence exists while no STOP has been drawn at or before it.
+            exists = exists & ~(stop_logit > 0 if stop_draws is None else stop_draws[:, s] < torch.sigmoid(stop_logit))
+            topic = self.topic(state[0])
+            if mode == "beam":
+                words = self._beam_words(topic, max_words, self.beam)
+            else:
+                words = self._words(topic, max_words, mode, temperature, generator)
+            rows.append(_mask_to_pad(words, exists[:, None]))
+            if not bool(exists.any()):  # every report has ended: the remaining rows are <pad>
+                rows += [rows[-1]] * (sentences - len(rows))
+                break
+            previous = self._summary(rows[-1]) if self.feedback else None
+        return torch.stack(rows, dim=1)
 
     def _words(self, topics: torch.Tensor, max_words: int, mode: str, temperature: float,
                generator: torch.Generator | None) -> torch.Tensor:
