@@ -7,7 +7,8 @@ weights and metadata, each run's id and every shard's and volume's sha256. `seam
 holds the digests recorded with the code before the seam (commit 06313f5), on this kind of machine,
 except the EMIXER bundle and pair run, re-recorded when EMIXER gained config keys (f_encoder_frozen,
 f_input_mean, f_input_std; then report_beam; then mle_steps): same weights, and the pair run's png/txt/cls/json
-identical apart from run id and bundle hash;
+identical apart from run id and bundle hash; and again when F's sentence LSTM gained sentence_feedback and
+layer norms: G's weights identical (so the pngs), F's and the discriminators' new, so the reports differ;
 tests/test_generator_seam.py compares. Run as a script to print them again:
 `python tests/seam_reference.py tests/seam_reference.json` (needs Ray; starts a local one).
 """
