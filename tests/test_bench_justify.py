@@ -70,3 +70,18 @@ def test_the_figure_keeps_every_header_and_title_inside_it():
                 text.get_text()
     finally:
         plt.close(fig)
+
+
+def test_a_stage_plans_with_the_ratio_of_the_latest_earlier_stage_of_its_own_kind():
+    assert bench.worker_overhead("arae", {}) == bench.OVERHEAD_PRIOR["text"]
+    # the ARAE's LSTM steps' ratio does not carry over to the image stages
+    assert bench.worker_overhead("stage1", {"arae": 1.62}) == bench.OVERHEAD_PRIOR["image"]
+    assert bench.worker_overhead("inverse", {"arae": 1.62, "stage1": 0.97}) == 0.97
+    assert bench.worker_overhead("inverse", {"arae": 1.62, "stage1": 0.97, "stage2": 1.1}) == 1.1
+
+
+def test_planned_steps_are_the_budget_less_start_up_over_the_margined_step_cpu_of_all_workers():
+    # (300 - 60) / (2 workers * 0.4 s * 1.5 * 1.1) = 181.8
+    assert bench.plan_steps(300.0, 60.0, 2, 0.4, 1.5, margin=0.1) == 181
+    assert bench.plan_steps(300.0, 60.0, 2, 0.4, 1.0, margin=0.0) == 300
+    assert bench.plan_steps(50.0, 60.0, 2, 0.4, 1.0) == 0  # the start-up alone exceeds the budget
