@@ -367,7 +367,7 @@ def counterfactuals(nets: dict, images: np.ndarray, config: dict, seed: int, sta
 
     from factory.models.justify import model as justify
 
-    low, high, diagnosis, target, reached, seconds = [], [], [], [], [], []
+    low, high, diagnosis, target, reached, seconds, probability = [], [], [], [], [], [], []
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     for i in tqdm(range(len(images)), desc="M", unit="image"):
@@ -377,7 +377,10 @@ def counterfactuals(nets: dict, images: np.ndarray, config: dict, seed: int, sta
         found = justify.counterfactual(nets, images[i:i + 1], config=config, seed=seed + i)
         seconds.append(time.process_time() - began)
         with torch.inference_mode():
-            rendered, _ = nets["G1"](torch.from_numpy(found.representation))
+            r = torch.from_numpy(found.representation)
+            rendered, _ = nets["G1"](r)
+            p = torch.softmax(nets["AE"].diagnosis_logits(r[:, :justify.code_dim(nets)]).float(), dim=1)
+        probability.append(float(p[0, found.target[0]]))
         low.append(justify.to_uint8(rendered)[0])
         high.append(found.images[0])
         diagnosis.append(found.diagnosis[0])
@@ -385,7 +388,7 @@ def counterfactuals(nets: dict, images: np.ndarray, config: dict, seed: int, sta
         reached.append(found.success[0])
     torch.set_num_threads(previous)
     out = {"low": np.stack(low), "diagnosis": np.array(diagnosis), "target": np.array(target),
-           "reached": np.array(reached), "cpu_s_per_image": seconds}
+           "reached": np.array(reached), "target_probability": np.array(probability), "cpu_s_per_image": seconds}
     if stage2:
         out["high"] = np.stack(high)
     return out
@@ -400,6 +403,32 @@ def reconstructions(nets: dict, images: np.ndarray) -> np.ndarray:
     r, _ = justify.representations(nets, images)
     with torch.inference_mode():
         return justify.to_uint8(nets["G1"](r)[0])
+
+
+def g1_readings(nets: dict, resnet, held: HeldOut, vocabulary, config: dict, names: Sequence[str],
+                seed: int) -> dict[str, Any]:
+    """Does G1 draw what the ResNet reads? For each held-out diagnosis, the share of G1's 64-px images the
+    ResNet reads as that diagnosis, G1 rendering (a) the ARAE codes of the studies' reports (the codes G1
+    trained on: their first description, seeded noise) and (b) I's codes of their images, G1(I(x)). M's
+    counterfactual is G1 of a code that decodes to d', so (a) bounds its success from what G1 learned."""
+    import torch
+
+    from factory.models.justify import model as justify
+
+    descriptions = torch.from_numpy(justify.describe_reports(held.reports, held.diagnoses.tolist(), vocabulary, config))
+    noise = torch.randn(len(descriptions), config["noise_dim"], generator=torch.Generator().manual_seed(seed))
+    for name in ("AE", "G1"):
+        nets[name].eval()
+    with torch.inference_mode():
+        r = torch.cat([nets["AE"].encode(descriptions), noise], dim=1)
+        from_text = read_diagnoses(resnet, justify.to_uint8(nets["G1"](r)[0]))
+    from_image = read_diagnoses(resnet, reconstructions(nets, held.images))
+    out: dict[str, Any] = {}
+    for d in np.unique(held.diagnoses):
+        mask = held.diagnoses == d
+        out[names[d]] = {"count": int(mask.sum()), "report_codes": float((from_text[mask] == d).mean()),
+                         "image_codes": float((from_image[mask] == d).mean())}
+    return out
 
 
 def figure(held: HeldOut, found: dict, recon: np.ndarray, references: np.ndarray, read: np.ndarray,
@@ -516,10 +545,15 @@ def evaluate(args, trained: dict, meter: CpuMeter) -> tuple[dict[str, Any], dict
         m["directions"][f"{names[d]} -> {names[t]}"] = {
             "count": int(mask.sum()), "success": success_rate(read[mask], found["target"][mask]),
             "closer_share": float(close["closer"][mask[usable]].mean()) if (mask & usable).any() else None}
+    m["target_probability"] = found["target_probability"].tolist()  # p(d' | r') per input
+    m["target_probability_median"] = float(np.median(found["target_probability"]))
     if args.stage2:
         read_high = read_diagnoses(resnet, downsample(found["high"], config["stage1_size"]))
         m["stage2_success"] = success_rate(read_high, found["target"])
     figure(held, found, reconstructions(bundle.nets, held.images[:m_count]), references, read, names, args.figure)
+
+    # What G1 draws, read by the ResNet: the bound on M's success from the generator (see g1_readings).
+    g1 = g1_readings(bundle.nets, resnet, held, bundle.vocabulary, config, names, args.seed)
 
     gap = table3["resnet18"] - table3["inverse_mapping"]
     minimum = {"accuracy_within_0.03_of_resnet": {"gap": gap, "met": bool(gap <= MINIMUM["accuracy_gap"])},
@@ -527,7 +561,7 @@ def evaluate(args, trained: dict, meter: CpuMeter) -> tuple[dict[str, Any], dict
                              "met": bool(m["success"] >= MINIMUM["success"])},
                "m_closer": {"target": MINIMUM["closer"], "value": m["closer_share"],
                             "met": bool(m["closer_share"] >= MINIMUM["closer"])}}
-    return {"table3": table3, "table4": table4, "m": m, "minimum": minimum}, found
+    return {"table3": table3, "table4": table4, "m": m, "g1_read_as_own_diagnosis": g1, "minimum": minimum}, found
 
 
 def tables(result: dict[str, Any]) -> str:
@@ -551,6 +585,11 @@ def tables(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {d['count']} | {d['success']:.3f} | {closer} |")
     lines += ["", f"r' decodes to d' (M's own criterion): {m['reached']:.3f}; mean squared distance to the input: "
                   f"counterfactual {m['counterfactual_mse_mean']:.4f}, random real d' image {m['reference_mse_mean']:.4f}"]
+    lines += [f"p(d' | r') median: {m['target_probability_median']:.3f}", "",
+              "G1's images read by the ResNet as their study's diagnosis:", "",
+              "| diagnosis | studies | G1(report's code) | G1(I(x)) |", "|---|---|---|---|"]
+    for name, g in result["g1_read_as_own_diagnosis"].items():
+        lines.append(f"| {name} | {g['count']} | {g['report_codes']:.3f} | {g['image_codes']:.3f} |")
     return "\n".join(lines)
 
 
