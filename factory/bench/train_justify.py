@@ -407,11 +407,12 @@ def reconstructions(nets: dict, images: np.ndarray) -> np.ndarray:
         return justify.to_uint8(nets["G1"](r)[0])
 
 
-def g1_readings(nets: dict, resnet, held: HeldOut, vocabulary, config: dict, names: Sequence[str],
-                seed: int) -> dict[str, Any]:
+def g1_readings(nets: dict, resnet, held: HeldOut, recon: np.ndarray, vocabulary, config: dict,
+                names: Sequence[str], seed: int) -> dict[str, Any]:
     """Does G1 draw what the ResNet reads? For each held-out diagnosis, the share of G1's 64-px images the
     ResNet reads as that diagnosis, G1 rendering (a) the ARAE codes of the studies' reports (the codes G1
-    trained on: their first description, seeded noise) and (b) I's codes of their images, G1(I(x)). M's
+    trained on: their first description, seeded noise) and (b) I's codes of their images (`recon`: G1(I(x)) of
+    held.images). M's
     counterfactual is G1 of a code that decodes to d', so (a) bounds its success from what G1 learned."""
     import torch
 
@@ -424,7 +425,7 @@ def g1_readings(nets: dict, resnet, held: HeldOut, vocabulary, config: dict, nam
     with torch.inference_mode():
         r = torch.cat([nets["AE"].encode(descriptions), noise], dim=1)
         from_text = read_diagnoses(resnet, justify.to_uint8(nets["G1"](r)[0]))
-    from_image = read_diagnoses(resnet, reconstructions(nets, held.images))
+    from_image = read_diagnoses(resnet, recon)
     out: dict[str, Any] = {}
     for d in np.unique(held.diagnoses):
         mask = held.diagnoses == d
@@ -552,10 +553,11 @@ def evaluate(args, trained: dict, meter: CpuMeter) -> tuple[dict[str, Any], dict
     if args.stage2:
         read_high = read_diagnoses(resnet, downsample(found["high"], config["stage1_size"]))
         m["stage2_success"] = success_rate(read_high, found["target"])
-    figure(held, found, reconstructions(bundle.nets, held.images[:m_count]), references, read, names, args.figure)
+    recon = reconstructions(bundle.nets, held.images)  # G1(I(x)) of every held-out image, once
+    figure(held, found, recon[:m_count], references, read, names, args.figure)
 
     # What G1 draws, read by the ResNet: the bound on M's success from the generator (see g1_readings).
-    g1 = g1_readings(bundle.nets, resnet, held, bundle.vocabulary, config, names, args.seed)
+    g1 = g1_readings(bundle.nets, resnet, held, recon, bundle.vocabulary, config, names, args.seed)
 
     gap = table3["resnet18"] - table3["inverse_mapping"]
     minimum = {"accuracy_within_0.03_of_resnet": {"gap": gap, "met": bool(gap <= MINIMUM["accuracy_gap"])},

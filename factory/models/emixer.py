@@ -281,11 +281,6 @@ class ReportGenerator(nn.Module):
                              temperature, generator)
         return (tokens, label_logits) if with_labels else tokens
 
-    def _sentence_inputs(self, v: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
-        if not self.feedback:
-            return v
-        return torch.cat([v, v.new_zeros(v.shape[0], self.word_embed.embedding_dim) if previous is None else previous], 1)
-
     def _summary(self, words: torch.Tensor) -> torch.Tensor:
         """Mean embedding of a sentence's words (<eos> included, <pad> not): (..., W) ids or (..., W, V)
         one-hot rows -> (..., E); an empty sentence gives zeros."""
@@ -297,11 +292,13 @@ class ReportGenerator(nn.Module):
 
     def _teacher_sentences(self, v: torch.Tensor, reports: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Topics (B, S, E) and STOP logits (B, S), sentence s reading the real sentence s - 1."""
-        summaries = self._summary(reports) if self.feedback else None
+        inputs = v[:, None].expand(-1, reports.shape[1], -1)
+        if self.feedback:  # sentence s reads the summary of sentence s - 1, the first zeros (as in writing)
+            summaries = self._summary(reports)
+            inputs = torch.cat([inputs, torch.cat([torch.zeros_like(summaries[:, :1]), summaries[:, :-1]], 1)], 2)
         state, hidden = None, []
         for s in range(reports.shape[1]):
-            previous = summaries[:, s - 1] if self.feedback and s else None
-            state = self.sentence_lstm(self._sentence_inputs(v, previous), state)
+            state = self.sentence_lstm(inputs[:, s], state)
             hidden.append(state[0])
         h = torch.stack(hidden, dim=1)
         return self.topic(h), self.stop(h).squeeze(-1)
@@ -313,10 +310,11 @@ class ReportGenerator(nn.Module):
         b = v.shape[0]
         # STOP draws come first: the word loop may end early, and what it draws depends on when.
         stop_draws = None if mode in ("greedy", "beam") else uniform((b, sentences), generator, v.device)
-        state, previous, rows = None, None, []
+        state, rows = None, []
+        previous = v.new_zeros(b, self.word_embed.embedding_dim)  # what the first sentence reads back
         exists = torch.ones(b, dtype=torch.bool, device=v.device)
         for s in range(sentences):
-            state = self.sentence_lstm(self._sentence_inputs(v, previous), state)
+            state = self.sentence_lstm(torch.cat([v, previous], dim=1) if self.feedback else v, state)
             stop_logit = self.stop(state[0]).squeeze(-1)
             # A sentence exists while no STOP has been drawn at or before it.
             exists = exists & ~(stop_logit > 0 if stop_draws is None else stop_draws[:, s] < torch.sigmoid(stop_logit))
@@ -329,7 +327,8 @@ class ReportGenerator(nn.Module):
             if not bool(exists.any()):  # every report has ended: the remaining rows are <pad>
                 rows += [rows[-1]] * (sentences - len(rows))
                 break
-            previous = self._summary(rows[-1]) if self.feedback else None
+            if self.feedback:
+                previous = self._summary(rows[-1])
         return torch.stack(rows, dim=1)
 
     def _words(self, topics: torch.Tensor, max_words: int, mode: str, temperature: float,

@@ -23,14 +23,11 @@ from factory.storage import StorageOptions
 CARD_NAME = "dataset_card.md"
 # Kinds whose `png` is a real image of the source dataset: what of each sample a model generated (the
 # rest, image and labels, is the dataset's own), so the card never calls such a run synthetic.
-GENERATED_PARTS = {
-    "caption": ["txt"],
-    "explanation": ["txt", "cf.png", "json.explanation"],
-}
-GENERATED_TEXT = {
-    "caption": "the report (`txt`)",
-    "explanation": "the justification (`txt`), the counterfactual X-ray (`cf.png`) and the diagnosis with its "
-                   "probabilities (the json's `explanation`)",
+GENERATED = {  # kind -> (generated members, their description)
+    "caption": (["txt"], "the report (`txt`)"),
+    "explanation": (["txt", "cf.png", "json.explanation"],
+                    "the justification (`txt`), the counterfactual X-ray (`cf.png`) and the diagnosis with its "
+                    "probabilities (the json's `explanation`)"),
 }
 INTENDED_USE = ("synthetic data for machine-learning research (augmentation, pipeline and capacity tests); "
                 "not for diagnosis, clinical decisions or as evidence about real patients")
@@ -140,9 +137,9 @@ def _kind_limits(manifest: dict[str, Any], producer: dict[str, Any]) -> list[str
 
 
 def _what_is_real(kind: str) -> list[str]:
-    if kind in GENERATED_PARTS:
+    if kind in GENERATED:
         return [f"Data: {KIND_TEXT.get(kind, kind)}, made by MedSynth Factory. The images are the source dataset's "
-                f"own, and so are their labels; only {GENERATED_TEXT[kind]} of each sample is generated."]
+                f"own, and so are their labels; only {GENERATED[kind][1]} of each sample is generated."]
     return [f"Synthetic data: {KIND_TEXT.get(kind, kind)}, made by MedSynth Factory. Every sample is generated; "
             "none is a patient's image or report."]
 
@@ -155,11 +152,11 @@ def render_card(manifest: dict[str, Any], seed: int) -> str:
     config = manifest.get("config") or {}
     producer = config.get("producer") or {}
     made, limits = _made_by(producer)
-    real_images = kind in GENERATED_PARTS
+    real_images = kind in GENERATED
     intended_use = REAL_IMAGE_USE if real_images else INTENDED_USE
     front = {"run_id": manifest["run_id"], "sample_kind": kind, "count": manifest["count"],
              "created_at": manifest["created_at"], "synthetic": not real_images,
-             **({"generated": GENERATED_PARTS[kind]} if real_images else {}), "intended_use": intended_use}
+             **({"generated": GENERATED[kind][0]} if real_images else {}), "intended_use": intended_use}
     lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in front.items()), "---", "",
              f"# Dataset card: {manifest['run_id']}", "",
              *_what_is_real(kind), "",
