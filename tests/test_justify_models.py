@@ -47,10 +47,31 @@ def test_defaults_are_the_papers_sizes_and_settings():
     ({"m_lr": 0}, "m_lr must be a positive number"),
     ({"lr": {"AE": 1.0}}, "lr must give a learning rate for each of"),
     ({"typo": 1}, "unknown justify config keys"),
+    ({"alternatives": [3]}, "alternatives must be null or at least 2 distinct diagnoses in 0..8"),
+    ({"alternatives": [0, 9]}, "alternatives must be null or at least 2 distinct diagnoses"),
 ])
 def test_bad_config_values_are_refused_by_name(bad, message):
     with pytest.raises(ValueError, match=message):
         registry.make_config("justify", bad)
+
+
+def test_the_nearest_alternative_is_the_most_likely_other_diagnosis_among_those_allowed():
+    probabilities = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.1, 0.2, 0.6, 0.1]])
+    assert justify.nearest_alternative(probabilities).tolist() == [1, 1]
+    # diagnosis 1 never trained: the next most likely trained one; an image read as an untrained
+    # diagnosis still gets a trained alternative
+    assert justify.nearest_alternative(probabilities, [0, 2, 3]).tolist() == [2, 0]
+    assert justify.nearest_alternative(probabilities, [1, 3]).tolist() == [1, 1]
+
+
+def test_the_recipe_lets_m_choose_only_diagnoses_the_training_data_has():
+    paper = setup(phantom_data(24, labels=PAPER_DIAGNOSES))[0].config
+    assert paper["alternatives"] == [0, 1]
+    part = phantom_data(24).parts["studies"]
+    present = sorted(set(primary_labels(part.labels, part.label_names).tolist()))
+    assert 2 <= len(present) < len(part.label_names)  # some diagnoses never occur in 24 phantoms
+    assert setup(phantom_data(24))[0].config["alternatives"] == present
+    assert setup(phantom_data(24), alternatives=None)[0].config["alternatives"] is None  # the user may say
 
 
 def test_stages_follow_the_schedule_in_order():

@@ -60,6 +60,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "m_max_iter": 20,
     "m_restarts": 2,
     "m_restart_scale": 0.1,
+    # The diagnoses M may take as the nearest alternative (label indices): the recipe sets those the
+    # training data has, since the decoder's probability of a diagnosis it never saw means nothing.
+    # None: every diagnosis.
+    "alternatives": None,
 }
 
 _POSITIVE_INTS = ("stage1_size", "channels", "num_labels", "vocab_size", "caption_words", "min_caption_words",
@@ -107,6 +111,14 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
         raise ValueError(f"m_lr must be a positive number, not {config['m_lr']!r}")
     if config["num_labels"] < 2:
         raise ValueError("num_labels must be at least 2: M looks for another diagnosis")
+    alternatives = config["alternatives"]
+    if alternatives is not None:
+        if (not isinstance(alternatives, (list, tuple)) or len(set(alternatives)) != len(alternatives)
+                or len(alternatives) < 2
+                or not all(_is_int(d) and 0 <= d < config["num_labels"] for d in alternatives)):
+            raise ValueError(f"alternatives must be null or at least 2 distinct diagnoses in "
+                             f"0..{config['num_labels'] - 1}, not {alternatives!r}")
+        config["alternatives"] = sorted(alternatives)
     if config["min_caption_words"] > config["caption_words"]:
         raise ValueError("min_caption_words must not exceed caption_words")
     if not isinstance(config["conditioning_augmentation"], bool):

@@ -124,18 +124,25 @@ class Counterfactual:
     images: np.ndarray  # (B, image_size, image_size) uint8
 
 
-def nearest_alternative(probabilities: torch.Tensor) -> torch.Tensor:
-    """The most likely diagnosis other than the most likely one (B,)."""
-    return probabilities.topk(2, dim=1).indices[:, 1]
+def nearest_alternative(probabilities: torch.Tensor, alternatives: Sequence[int] | None = None) -> torch.Tensor:
+    """The most likely diagnosis other than the most likely one (B,), among `alternatives` (label
+    indices; None: every diagnosis)."""
+    candidates = probabilities.float().clone()
+    if alternatives is not None:
+        allowed = torch.zeros(candidates.shape[1], dtype=torch.bool, device=candidates.device)
+        allowed[list(alternatives)] = True
+        candidates[:, ~allowed] = -1.0
+    candidates.scatter_(1, probabilities.argmax(dim=1, keepdim=True), -2.0)
+    return candidates.argmax(dim=1)
 
 
 def counterfactual(nets: Mapping[str, nn.Module], images: np.ndarray | torch.Tensor,
                    target: np.ndarray | torch.Tensor | None = None, *, config: Mapping[str, Any] | None = None,
                    seed: int = 0) -> Counterfactual:
     """M (§3.4) for 8-bit X-rays (B, H, W): r' for `target` (B,) diagnoses, or the nearest
-    alternative to each image's diagnosis when None, and G(r') = G2(G1(r'), r'). `config`: the model
-    config, for M's settings (m_lr, m_steps, m_max_iter, m_restarts, m_restart_scale; the paper's
-    when None). Each image's result
+    alternative to each image's diagnosis among the config's `alternatives` when None, and
+    G(r') = G2(G1(r'), r'). `config`: the model config, for M's settings (m_lr, m_steps, m_max_iter,
+    m_restarts, m_restart_scale, alternatives; the paper's when None). Each image's result
     is a function of (image, target, seed) alone; the networks are not changed."""
     config = make_config(config)
     AE, G1, G2 = nets["AE"], nets["G1"], nets["G2"]
@@ -146,7 +153,7 @@ def counterfactual(nets: Mapping[str, nn.Module], images: np.ndarray | torch.Ten
         probs = torch.softmax(AE.diagnosis_logits(r[:, :v]).float(), dim=1)
     diagnosis = probs.argmax(dim=1)
     if target is None:
-        wanted = nearest_alternative(probs)
+        wanted = nearest_alternative(probs, config["alternatives"])
     else:
         wanted = torch.as_tensor(np.asarray(target), dtype=torch.long, device=r.device)
         if wanted.shape != diagnosis.shape or bool(((wanted < 0) | (wanted >= probs.shape[1])).any()):

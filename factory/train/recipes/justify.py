@@ -114,11 +114,14 @@ class JustifyRecipe(TrainingVocabulary, ConstantAdamRecipe):
 
     def model_config(self, overrides: Mapping[str, Any], data: TrainingData) -> dict[str, Any]:
         """The full config for this vocabulary, these labels and this image size (stage 1 at half the
-        image size, at most 64, unless the overrides say)."""
+        image size, at most 64, and M's alternatives the diagnoses the training data has, unless the
+        overrides say)."""
         part = data.parts[STUDIES]
         size = int(part.images.shape[-1])
         fixed = {"vocab_size": len(self._vocabulary(data)), "num_labels": len(part.label_names), "image_size": size}
-        return make_config({"stage1_size": min(64, size // 2), **dict(overrides), **fixed})
+        trained = sorted(set(primary_labels(torch.as_tensor(part.labels), part.label_names).tolist()))
+        defaults = {"stage1_size": min(64, size // 2), "alternatives": trained if len(trained) >= 2 else None}
+        return make_config({**defaults, **dict(overrides), **fixed})
 
     def batch(self, data: TrainingData, indices: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Images (B, 1, H, W) in [-1, 1], diagnoses (B,), descriptions (B, K, T) and their counts (B,)."""
