@@ -168,6 +168,27 @@ def test_writing_reads_back_each_sentence_as_teacher_forcing_does():
     assert len({tuple(row.tolist()) for row in ids[0]}) > 1, "every sentence alike: the test shows nothing"
 
 
+def test_teacher_forcing_skips_absent_sentences_and_reuses_given_features():
+    torch.manual_seed(1)
+    F = build_networks(make_config(TINY))["F"].eval()
+    images = torch.randn(B, 1, 32, 32)
+    reports = torch.randint(Vocabulary.unk_id + 1, 20, (B, 3, 5))
+    reports[0, 2] = reports[2, 1:] = Vocabulary.pad_id  # report 0 has two sentences, report 2 one
+    with torch.no_grad():
+        stop, words, labels = F(images, reports)
+        # every row through the word LSTM, as if each sentence existed
+        topics, _ = F._teacher_sentences(F.feature(F.read(images)), reports)
+        rows = reports.reshape(B * 3, 5)
+        bos = F.word_embed.weight[Vocabulary.bos_id].expand(B * 3, 1, -1)
+        out, _ = F.word_lstm(torch.cat([topics.reshape(B * 3, 1, -1), bos, F.word_embed(rows[:, :-1])], dim=1))
+        every_row = F.word_out(out[:, 1:]).view(B, 3, 5, -1)
+        exists = (reports != Vocabulary.pad_id).any(-1)
+        assert torch.allclose(words[exists], every_row[exists], atol=1e-6)
+        assert not words[~exists].any() and int((~exists).sum()) == 3
+        again = F(images, reports, features=F(images, mode="features"))
+    assert all(torch.equal(a, b) for a, b in zip(again, (stop, words, labels)))
+
+
 @pytest.mark.parametrize("feedback", [True, False])
 def test_a_sentence_reads_the_one_before_it_only_with_feedback(feedback):
     torch.manual_seed(0)

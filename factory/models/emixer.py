@@ -248,17 +248,25 @@ class ReportGenerator(nn.Module):
 
     def forward(self, images: torch.Tensor, reports: torch.Tensor | None = None, *, mode: str = "teacher",
                 temperature: float = 1.0, generator: torch.Generator | None = None,
-                max_sentences: int | None = None, max_words: int | None = None, with_labels: bool = False):
+                max_sentences: int | None = None, max_words: int | None = None, with_labels: bool = False,
+                features: torch.Tensor | None = None):
         """mode "teacher": given (B, S, W) reports, returns (stop logits (B, S), word logits (B, S, W, V),
-        label logits (B, L) of the encoder's label head).
+        label logits (B, L) of the encoder's label head). The word logits of a sentence row that does not
+        exist (all <pad>: nothing to predict) are zeros; the word LSTM does not run on it.
         mode "greedy" / "sample" (softmax at `temperature`): token ids (B, S, W).
         mode "best": "greedy" when the config's `report_beam` is 1, else beam search of that width.
         mode "labels": the label head's logits (B, L) alone.
+        mode "features": the encoder's pooled features (B, C) alone.
         mode "gumbel": straight-through Gumbel-softmax one-hot words (B, S, W, V) at `temperature`,
         differentiable with respect to F (and, through the image, G).
         Rows after the sentence decoder's STOP and words after <eos> are <pad> in every sampling mode.
-        `with_labels` (sampling modes): also return the label head's logits, from the same encoder pass."""
-        features = self.read(images)
+        `with_labels` (sampling modes): also return the label head's logits, from the same encoder pass.
+        `features`: the encoder's pooled features of `images` when the caller has them (a frozen encoder
+        reads the same images the same way each time), which are then not read again."""
+        if features is None:
+            features = self.read(images)
+        if mode == "features":
+            return features
         label_logits = self.label_head(features)
         if mode == "labels":
             return label_logits
@@ -267,10 +275,16 @@ class ReportGenerator(nn.Module):
             topics, stop_logits = self._teacher_sentences(v, reports)
             b, s, e = topics.shape
             words = reports.reshape(b * s, -1)
-            bos = self.word_embed.weight[Vocabulary.bos_id].expand(b * s, 1, e)
-            inputs = torch.cat([topics.reshape(b * s, 1, e), bos, self.word_embed(words[:, :-1])], dim=1)
+            # Only the sentences that exist (a report has 4-5 of its max_sentences rows on phantoms).
+            rows = (words != Vocabulary.pad_id).any(dim=1).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                rows = rows.new_zeros(1)
+            bos = self.word_embed.weight[Vocabulary.bos_id].expand(len(rows), 1, e)
+            inputs = torch.cat([topics.reshape(b * s, e)[rows, None], bos, self.word_embed(words[rows, :-1])], dim=1)
             out, _ = self.word_lstm(inputs)
-            return stop_logits, self.word_out(out[:, 1:]).view(b, s, words.shape[1], -1), label_logits
+            logits = self.word_out(out[:, 1:])
+            word_logits = logits.new_zeros(b * s, *logits.shape[1:]).index_copy(0, rows, logits)
+            return stop_logits, word_logits.view(b, s, words.shape[1], -1), label_logits
         if mode == "best":
             mode = "greedy" if self.beam == 1 else "beam"
         if mode not in ("greedy", "beam", "sample", "gumbel"):

@@ -286,8 +286,13 @@ class EmixerRecipe(TrainingVocabulary, ConstantAdamRecipe):
         # adversarial terms of its words for the fakes (against the discriminators as just stepped).
         # Those terms are G's too: F's backward leaves their gradient with respect to the fake images in
         # fake_in.grad, and G takes it from there (the chain rule through F, without a second pass).
+        # A frozen encoder reads the real images once for all of this step's likelihood updates.
+        real_features = None
+        if config["f_encoder_frozen"]:
+            with torch.no_grad():
+                real_features = F_(images, mode="features")
         with frozen(G, D_image, D_report, D_joint):
-            stop_logits, word_logits, label_logits = F_(images, reports)
+            stop_logits, word_logits, label_logits = F_(images, reports, features=real_features)
             word_nll, stop_nll = report_nll(stop_logits, word_logits, reports)
             label_bce = encoder_label_loss(label_logits, labels, labelled)
             report_loss = -D_report(words).mean()
@@ -322,7 +327,7 @@ class EmixerRecipe(TrainingVocabulary, ConstantAdamRecipe):
         G.step()
         for _ in range(config["mle_steps"] - 1):  # more teacher-forced F updates on the same real pairs
             with frozen(G, D_image, D_report, D_joint):
-                stop_logits, word_logits, label_logits = F_(images, reports)
+                stop_logits, word_logits, label_logits = F_(images, reports, features=real_features)
                 last_word_nll, last_stop_nll = report_nll(stop_logits, word_logits, reports)
                 F_.backward(config["mle_weight"] * (last_word_nll + last_stop_nll)
                             + config["encoder_label_weight"] * encoder_label_loss(label_logits, labels, labelled))
