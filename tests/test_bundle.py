@@ -90,6 +90,24 @@ def test_weights_swapped_with_matching_file_hash_are_refused(tmp_path):
         load_bundle(first)
 
 
+def test_weights_of_an_older_network_are_refused_with_what_differs_and_when_they_were_written(tmp_path):
+    # F as an earlier version built it: no sentence feedback, no layer norm after the image feature
+    old = build_networks("emixer", make_config(TINY, sentence_feedback=False), seed=0)
+    old["F"].feature = old["F"].feature[0]
+    url = str(tmp_path / "old")
+    write_bundle(url, "emixer", old, make_config(TINY), list(CXR_LABELS), VOCAB.to_json(),
+                 training_data={"fingerprint": "old"}, metrics={}, trained=True,
+                 created_at="2026-11-30T10:00:00+00:00")
+    with pytest.raises(BadInputError) as refused:
+        load_bundle(url)
+    message = str(refused.value)
+    assert "weights do not fit network F as this version of the factory builds it" in message
+    assert "missing: feature.0.bias, feature.0.weight, feature.1.bias, +1 more" in message
+    assert "unexpected: feature.bias, feature.weight" in message
+    assert "of another shape: sentence_lstm.weight_ih (32, 8) where the network has (32, 16)" in message
+    assert "written 2026-11-30T10:00:00+00:00" in message and "Error(s)" not in message
+
+
 def test_schema_violations_and_missing_bundles_name_the_file(tmp_path):
     url = str(tmp_path / "bundle")
     with pytest.raises(BadInputError, match="bundle.json: not found"):

@@ -123,16 +123,34 @@ def load_bundle(url: str, device: str | torch.device = "cpu") -> Bundle:
     for name, net in nets.items():
         prefix = f"{name}."
         state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise BadInputError(weights_url, f"weights do not fit network {name}: {err}") from err
+        misfit = _misfit(net.state_dict(), state)
+        if misfit:
+            raise BadInputError(weights_url, f"weights do not fit network {name} as this version of the factory "
+                                f"builds it ({misfit}); the bundle was written {metadata.get('created_at', '?')} by "
+                                "a version whose network differs: train it again, or load it with that version")
+        net.load_state_dict(state, strict=True)
         net.to(device).eval()
     unused = sorted({key.split(".", 1)[0] for key in tensors} - set(nets))
     if unused:
         raise BadInputError(weights_url, f"weights for networks the recipe does not have: {unused}")
     return Bundle(url=url, nets=nets, model_config=config, label_names=list(metadata["label_names"]),
                   vocabulary=_vocabulary(metadata.get("vocabulary"), source), metadata=metadata)
+
+
+def _misfit(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], shown: int = 3) -> str:
+    """What keeps `found` tensors from loading into a network whose state is `expected`, in a few
+    words ("" when they fit)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    reshaped = [f"{key} {tuple(found[key].shape)} where the network has {tuple(expected[key].shape)}"
+                for key in sorted(set(expected) & set(found)) if found[key].shape != expected[key].shape]
+
+    def listed(what: str, keys: list[str]) -> str:
+        more = f", +{len(keys) - shown} more" if len(keys) > shown else ""
+        return f"{len(keys)} {what}: {', '.join(keys[:shown])}{more}"
+
+    return "; ".join(listed(what, keys) for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                                           ("of another shape", reshaped)) if keys)
 
 
 def _vocabulary(data: Mapping[str, Any] | None, source: str):
