@@ -125,6 +125,55 @@ def test_cgan_conditioning_labels_reach_both_networks():
         assert not torch.equal(G(z, torch.zeros(2, 9)), G(z, torch.ones(2, 9)))
 
 
+def _d_losses(**overrides):
+    """The loss D's backward received in one CGAN step, and the step's metrics."""
+    recipe, _, engines = _setup("xraygan-cgan", **overrides)
+    seen = []
+    backward = engines["D"].backward
+    engines["D"].backward = lambda loss: (seen.append(loss.detach().clone()), backward(loss))
+    metrics = recipe.train_step(engines, _batch(), 0, torch.Generator().manual_seed(0))
+    return seen[0].item(), metrics
+
+
+def test_cgan_mismatch_term_enters_d_loss_with_its_weight():
+    paper_loss, paper = _d_losses()
+    assert "d_mismatch" not in paper
+    assert paper_loss == pytest.approx(paper["d_real"] + paper["d_fake"], rel=1e-6)
+    for weight in (0.5, 1.0):
+        loss, metrics = _d_losses(mismatch_weight=weight)
+        assert metrics["d_mismatch"] > 0
+        assert loss == pytest.approx(metrics["d_real"] + (1 - weight) * metrics["d_fake"]
+                                     + weight * metrics["d_mismatch"], rel=1e-6)
+        # Same seeds, same networks: the real and fake terms are the paper's, the total is not.
+        assert (metrics["d_real"], metrics["d_fake"]) == pytest.approx((paper["d_real"], paper["d_fake"]), rel=1e-6)
+        assert loss != pytest.approx(paper_loss, rel=1e-3)
+
+
+def test_cgan_mismatch_loss_counts_only_rows_whose_labels_differ():
+    from factory.train.recipes.xraygan import mismatch_loss
+
+    _, nets, _ = _setup("xraygan-cgan")
+    D = nets["D"].eval()  # batch norm on running statistics: a row's logit is its own
+    batch = _batch()
+    images, labels = batch["image"], batch["labels"]
+    wrong = labels.clone()
+    wrong[1:3] = 1 - wrong[1:3]
+    with torch.no_grad():
+        assert mismatch_loss(D, images, labels, labels).item() == 0.0
+        by_hand = torch.nn.functional.softplus(D(images[1:3], wrong[1:3])).mean()  # -log(1 - sigmoid)
+        assert mismatch_loss(D, images, labels, wrong).item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_cgan_one_sided_label_smoothing_moves_only_ds_real_target():
+    _, paper = _d_losses()
+    _, smooth = _d_losses(real_label=0.9)
+    assert smooth["d_real"] > paper["d_real"]
+    assert smooth["d_fake"] == pytest.approx(paper["d_fake"], rel=1e-6)
+    for key, value in (("mismatch_weight", 1.5), ("mismatch_weight", True), ("real_label", 0.4)):
+        with pytest.raises(ValueError, match=f"{key} must lie in"):
+            registry.make_config("xraygan-cgan", {key: value})
+
+
 @pytest.mark.parametrize("model", ["xraygan-cgan", "xraygan-ucgan"])
 def test_products_and_untrained_bundles(model, tmp_path):
     out = tmp_path / model

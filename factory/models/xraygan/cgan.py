@@ -7,6 +7,9 @@
   again the discriminator's features before the logit, so that D judges whether image and labels
   belong together.
 Both are trained with the paper's log loss (eq. 6; the recipe is factory.train.recipes.xraygan).
+Two departures from the paper are available as config keys, off by default (the paper's training):
+`mismatch_weight`, Reed et al.'s matching-aware discriminator (real images with other studies' labels
+-> fake), and `real_label`, Salimans et al.'s one-sided label smoothing of D's real targets.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # training: Adam, learning rate 2e-4, first-moment decay 0.5 (§5.4)
     "lr": {"G": 2e-4, "D": 2e-4},
     "betas": [0.5, 0.999],
+    # Not the paper's (docs/models.md): the weight w of D's mismatch term (real image with another
+    # study's labels -> 0; D's loss real + (1 - w) fake + w mismatch, Reed et al.'s w = 1/2), and D's
+    # target for real images (1: none; Salimans et al. smooth it to 0.9). 0 and 1: the paper's D.
+    "mismatch_weight": 0.0,
+    "real_label": 1.0,
 }
 
 
@@ -45,7 +53,16 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
 
     Raises ValueError on an unknown key or an impossible value."""
     return checked_config("xraygan-cgan", DEFAULT_CONFIG, overrides, kwargs,
-                          ("channels", "num_labels", "z_dim", "label_embedding", "g_width", "d_width"), NET_NAMES)
+                          ("channels", "num_labels", "z_dim", "label_embedding", "g_width", "d_width"), NET_NAMES,
+                          _check_training)
+
+
+def _check_training(config: Mapping[str, Any]) -> None:
+    weight, target = config["mismatch_weight"], config["real_label"]
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+        raise ValueError(f"mismatch_weight must lie in [0, 1], not {weight!r}")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.5 < target <= 1.0:
+        raise ValueError(f"real_label must lie in (0.5, 1], not {target!r}")
 
 
 class Generator(nn.Module):

@@ -8,6 +8,14 @@ CGAN, one `train_step` on a batch of B real studies (the paper's eq. 6, log loss
 2. G step: B fresh fakes on freshly permuted labels, non-saturating loss (D(G(z|y)|y) -> 1), as
    Goodfellow et al. recommend in place of minimising log(1 - D).
 Adam 2e-4, beta1 0.5 (§5.4).
+Not the paper's, off by default (config keys; docs/models.md says why):
+- `mismatch_weight` w > 0: Reed et al.'s matching-aware D. Each real image is also shown with the
+  labels of another study of the batch (a seeded permutation) -> 0, and D's loss becomes
+  real + (1 - w) x fake + w x mismatch. The mismatch term averages over the rows whose labels differ
+  from their own (two "No Finding" studies swapped are no mismatch). Without it D can tell real from
+  fake while ignoring the labels, and G is not pushed to draw them.
+- `real_label` < 1: one-sided label smoothing (Salimans et al.) of D's target for real images, in
+  the real and nowhere else (G's target stays 1).
 
 UCGAN, one `train_step` on B real studies, the four networks stepped in turn (eq. 10-11):
 1. D step: lambda x (log loss of real -> 1 and B fakes -> 0).
@@ -61,8 +69,8 @@ if TYPE_CHECKING:
 STUDIES = "studies"  # the training data part XRAY-GAN reads (factory.data.training)
 
 
-def real_loss(logits: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits.float(), torch.ones_like(logits, dtype=torch.float32))
+def real_loss(logits: torch.Tensor, target: float = 1.0) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
 
 
 def fake_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -83,6 +91,16 @@ def pseudo_label_loss(logits: torch.Tensor, threshold: float) -> tuple[torch.Ten
         keep = confidence >= threshold
     per_row = F.cross_entropy(logits.float(), classes, reduction="none")
     return (per_row * keep).sum() / keep.sum().clamp(min=1), keep.float().mean()
+
+
+def mismatch_loss(D: Engine, images: torch.Tensor, labels: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """D's log loss for real images shown with `wrong` labels -> fake, averaged over the rows whose
+    `wrong` labels differ from their own (0, with a graph, when none does: every rank runs the same
+    backward)."""
+    differs = (wrong != labels).any(dim=1).float()
+    per_row = F.binary_cross_entropy_with_logits(D(images, wrong).float(), torch.zeros_like(differs),
+                                                 reduction="none")
+    return (per_row * differs).sum() / differs.sum().clamp(min=1)
 
 
 class _XrayganRecipe(ConstantAdamRecipe):
@@ -139,6 +157,8 @@ class CganRecipe(_XrayganRecipe):
     def train_step(self, engines: Mapping[str, Engine], batch: Mapping[str, torch.Tensor], step: int,
                    generator: torch.Generator) -> dict[str, float]:
         """One D step and one G step; `step` is part of the protocol (no schedule here)."""
+        config = self._config()
+        weight = float(config["mismatch_weight"])
         G, D = engines["G"], engines["D"]
         images, labels = self._place(engines, batch)
         n = images.shape[0]
@@ -146,9 +166,15 @@ class CganRecipe(_XrayganRecipe):
         with torch.no_grad():
             fake_labels = self._permuted(labels, generator)
             fake = G(self._noise(n, images, generator), fake_labels)
+        metrics = {}
         with frozen(G):
-            d_real, d_fake = real_loss(D(images, labels)), fake_loss(D(fake, fake_labels))
-            D.backward(d_real + d_fake)
+            d_real, d_fake = real_loss(D(images, labels), config["real_label"]), fake_loss(D(fake, fake_labels))
+            d_loss = d_real + (1 - weight) * d_fake
+            if weight:  # drawn only here, so the paper's steps keep their random stream
+                d_mismatch = mismatch_loss(D, images, labels, self._permuted(labels, generator))
+                d_loss = d_loss + weight * d_mismatch
+                metrics["d_mismatch"] = d_mismatch.item()
+            D.backward(d_loss)
         D.step()
 
         fake_labels = self._permuted(labels, generator)
@@ -156,7 +182,7 @@ class CganRecipe(_XrayganRecipe):
             g_loss = real_loss(D(G(self._noise(n, images, generator), fake_labels), fake_labels))
             G.backward(g_loss)
         G.step()
-        return {"d_real": d_real.item(), "d_fake": d_fake.item(), "g_adv": g_loss.item()}
+        return {"d_real": d_real.item(), "d_fake": d_fake.item(), "g_adv": g_loss.item(), **metrics}
 
     @staticmethod
     def _permuted(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
