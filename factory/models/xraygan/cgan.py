@@ -59,8 +59,9 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
 
 def _check_training(config: Mapping[str, Any]) -> None:
     weight, target = config["mismatch_weight"], config["real_label"]
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
-        raise ValueError(f"mismatch_weight must lie in [0, 1], not {weight!r}")
+    # At 1 D would never see a fake.
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight < 1.0:
+        raise ValueError(f"mismatch_weight must lie in [0, 1), not {weight!r}")
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.5 < target <= 1.0:
         raise ValueError(f"real_label must lie in (0.5, 1], not {target!r}")
 
