@@ -174,6 +174,24 @@ def test_cgan_one_sided_label_smoothing_moves_only_ds_real_target():
             registry.make_config("xraygan-cgan", {key: value})
 
 
+def test_cgan_projection_starts_as_the_papers_d_and_learns_from_the_labels():
+    _, paper, _ = _setup("xraygan-cgan")
+    recipe, nets, engines = _setup("xraygan-cgan", projection=True)
+    assert "project.weight" not in dict(paper["D"].named_parameters())
+    batch = _batch()
+    with torch.no_grad():
+        assert torch.equal(paper["D"](batch["image"], batch["labels"]), nets["D"](batch["image"], batch["labels"]))
+    recipe.train_step(engines, batch, 0, torch.Generator().manual_seed(0))
+    D = nets["D"].eval()
+    assert D.project.weight.abs().sum() > 0
+    with torch.no_grad():
+        logits = D(batch["image"], batch["labels"])
+        D.project.weight.zero_()
+        assert not torch.allclose(logits, D(batch["image"], batch["labels"]))
+    with pytest.raises(ValueError, match="projection must be true or false"):
+        registry.make_config("xraygan-cgan", {"projection": 1})
+
+
 @pytest.mark.parametrize("model", ["xraygan-cgan", "xraygan-ucgan"])
 def test_products_and_untrained_bundles(model, tmp_path):
     out = tmp_path / model

@@ -9,7 +9,8 @@
 Both are trained with the paper's log loss (eq. 6; the recipe is factory.train.recipes.xraygan).
 Two departures from the paper are available as config keys, off by default (the paper's training):
 `mismatch_weight`, Reed et al.'s matching-aware discriminator (real images with other studies' labels
--> fake), and `real_label`, Salimans et al.'s one-sided label smoothing of D's real targets.
+-> fake), and `real_label`, Salimans et al.'s one-sided label smoothing of D's real targets; and one
+to D's architecture, `projection`, Miyato & Koyama's projection term in D's logit.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # target for real images (1: none; Salimans et al. smooth it to 0.9). 0 and 1: the paper's D.
     "mismatch_weight": 0.0,
     "real_label": 1.0,
+    # Not the paper's either: D also adds the projection term <V y, h> of its 4x4 features h to its
+    # logit (Miyato & Koyama's projection discriminator), a direct image-label interaction.
+    "projection": False,
 }
 
 
@@ -58,6 +62,8 @@ def make_config(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> di
 
 
 def _check_training(config: Mapping[str, Any]) -> None:
+    if not isinstance(config["projection"], bool):
+        raise ValueError(f"projection must be true or false, not {config['projection']!r}")
     weight, target = config["mismatch_weight"], config["real_label"]
     # At 1 D would never see a fake.
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight < 1.0:
@@ -85,13 +91,22 @@ class Discriminator(nn.Module):
         self.embed = nn.Linear(config["num_labels"], e)
         self.trunk = DCGANTrunk(config["image_size"], config["channels"] + e, config["d_width"])
         self.head = nn.Linear(self.trunk.out_features + e, 1)
+        # Made last and zero, so D starts as the paper's does for the same seed (a default-initialised
+        # V over 4,096 features would swamp the logit at the start).
+        self.project = None
+        if config["projection"]:
+            self.project = nn.Linear(config["num_labels"], self.trunk.out_features, bias=False)
+            nn.init.zeros_(self.project.weight)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Images (B, C, S, S) and their labels (B, num_labels) -> real/fake logits (B,)."""
         y = self.embed(labels)
         maps = y[:, :, None, None].expand(-1, -1, *images.shape[2:])
         h = self.trunk(torch.cat([images, maps], dim=1))
-        return self.head(torch.cat([h, y], dim=1)).squeeze(1)
+        logits = self.head(torch.cat([h, y], dim=1)).squeeze(1)
+        if self.project is not None:  # Miyato & Koyama's inner product of the labels' vector and the features
+            logits = logits + (self.project(labels) * h).sum(dim=1)
+        return logits
 
 
 def build_networks(config: Mapping[str, Any]) -> dict[str, nn.Module]:
