@@ -217,6 +217,20 @@ def test_captions_become_images_sample_by_sample(trained):
     descriptions, _ = arae.encode_descriptions(part.reports[:3], [0, 1, 0], vocabulary, config)
     tokens = torch.from_numpy(descriptions[:, 0])
     noise = torch.randn(3, config["noise_dim"], generator=torch.Generator().manual_seed(0))
-    images = justify.generate_from_captions(nets, tokens, noise)
+    images = justify.generate_from_captions(nets, tokens, noise, config)
     assert images.shape == (3, 32, 32) and images.dtype == np.uint8
-    assert np.array_equal(justify.generate_from_captions(nets, tokens[1:2], noise[1:2])[0], images[1])
+    assert np.array_equal(justify.generate_from_captions(nets, tokens[1:2], noise[1:2], config)[0], images[1])
+
+
+def test_a_model_whose_schedule_never_trains_stage_2_draws_with_stage_1_upsampled(trained):
+    config, nets, _ = trained
+    r = torch.randn(2, config["code_dim"] + config["noise_dim"], generator=torch.Generator().manual_seed(1))
+    no_stage2 = {**config, "schedule": {**config["schedule"], "stage2": 0}}
+    for net in nets.values():
+        net.eval()
+    with torch.no_grad():
+        low, _ = nets["G1"](r)
+        with_g2, without = justify.draw(nets, r, config), justify.draw(nets, r, no_stage2)
+        assert torch.equal(with_g2, nets["G2"](low, r)[0]) and without.shape == with_g2.shape == (2, 1, 32, 32)
+        upsampled = torch.nn.functional.interpolate(low, size=32, mode="bilinear", align_corners=False)
+        assert torch.equal(without, upsampled) and not torch.equal(without, with_g2)  # G1's film, not G2's

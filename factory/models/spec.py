@@ -130,13 +130,13 @@ class ReportImaging:
 
     `noise_dim(config)`: noise dimensions per sample. `describe(reports, diagnoses (B,), vocabulary,
     config)` -> the token ids (B, T) int64 the generator reads for each report and its diagnosis (an
-    index into the bundle's label names). `generate(nets, descriptions (B, T), noise (B, noise_dim))`
-    -> X-rays (B, S, S) uint8, each a function of its own inputs alone (eval mode)."""
+    index into the bundle's label names). `generate(nets, descriptions (B, T), noise (B, noise_dim),
+    config)` -> X-rays (B, S, S) uint8, each a function of its own inputs alone (eval mode)."""
 
     kind: ClassVar[str] = "images-from-reports"
     noise_dim: Callable[[Mapping[str, Any]], int]
     describe: Callable[[Sequence[str], Sequence[int], "Vocabulary", Mapping[str, Any]], "np.ndarray"]
-    generate: Callable[[Networks, "torch.Tensor", "torch.Tensor"], "np.ndarray"]
+    generate: Callable[[Networks, "torch.Tensor", "torch.Tensor", Mapping[str, Any]], "np.ndarray"]
 
 
 Product = PairSampling | Translation | ImageSampling | Explanation | Captioning | ReportImaging

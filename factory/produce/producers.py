@@ -446,7 +446,7 @@ class ReportImageProducer:
         descriptions = self.model.describe([s.report for s in studies], diagnoses, self.bundle.vocabulary,
                                            self.bundle.model_config)
         images = self.model.generate(self.bundle.nets, self.torch.from_numpy(descriptions),
-                                     self.torch.from_numpy(noise))
+                                     self.torch.from_numpy(noise), self.bundle.model_config)
         return [Sample(index=index, images={"png": image}, report=study.report, label=diagnosis,
                        metadata={"kind": "pair", "source": self.source, "labels": found,
                                  "primary_label": names[diagnosis], "source_study_id": study.study_id})

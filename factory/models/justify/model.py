@@ -8,9 +8,10 @@ Inference (§3.3-3.4), on 8-bit X-rays of any square size (resized to stage1_siz
 - `diagnose(nets, images)`: p(d | r) over the diagnoses, r = I(x).
 - `justify_caption(nets, images)`: the diagnosis and the caption decoded from r's code.
 - `counterfactual(nets, images, target=None, config=None, seed=0)`: M's r' for the nearest
-  alternative diagnosis (the most likely other one, or `target`) and the X-ray G(r') at image_size.
+  alternative diagnosis (the most likely other trained one, or `target`) and the X-ray G(r') at
+  image_size (`draw`: G2(G1(r'), r'), or G1's upsampled when the schedule never trains stage 2).
 - `explain(nets, images, config, seed)`: all three, the model's product (spec.Explanation).
-- `generate_from_captions(nets, descriptions, noise)`: the text-to-image generator on its own, with
+- `generate_from_captions(nets, descriptions, noise, config)`: the text-to-image generator on its own, with
   `describe_reports` what production calls for reports (spec.ReportImaging).
 """
 
@@ -141,11 +142,11 @@ def counterfactual(nets: Mapping[str, nn.Module], images: np.ndarray | torch.Ten
                    seed: int = 0) -> Counterfactual:
     """M (§3.4) for 8-bit X-rays (B, H, W): r' for `target` (B,) diagnoses, or the nearest
     alternative to each image's diagnosis among the config's `alternatives` when None, and
-    G(r') = G2(G1(r'), r'). `config`: the model config, for M's settings (m_lr, m_steps, m_max_iter,
+    G(r') = G2(G1(r'), r') (`draw`). `config`: the model config, for M's settings (m_lr, m_steps, m_max_iter,
     m_restarts, m_restart_scale, alternatives; the paper's when None). Each image's result
     is a function of (image, target, seed) alone; the networks are not changed."""
     config = make_config(config)
-    AE, G1, G2 = nets["AE"], nets["G1"], nets["G2"]
+    AE, G1 = nets["AE"], nets["G1"]
     _eval(nets, "AE", "G1", "G2")
     r, x = representations(nets, images)
     v = code_dim(nets)
@@ -170,10 +171,19 @@ def counterfactual(nets: Mapping[str, nn.Module], images: np.ndarray | torch.Ten
         for p, flag in frozen:
             p.requires_grad_(flag)
     with torch.inference_mode():
-        low, _ = G1(search.representation)
-        high, _ = G2(low, search.representation)
+        drawn = draw(nets, search.representation, config)
     return Counterfactual(diagnosis.cpu().numpy(), probs.cpu().numpy(), wanted.cpu().numpy(),
-                          search.success.cpu().numpy(), search.representation.float().cpu().numpy(), to_uint8(high))
+                          search.success.cpu().numpy(), search.representation.float().cpu().numpy(), to_uint8(drawn))
+
+
+def draw(nets: Mapping[str, nn.Module], r: torch.Tensor, config: Mapping[str, Any]) -> torch.Tensor:
+    """X-rays for representations r (B, r_dim) at image_size, in [-1, 1]: G2(G1(r), r), or, when the
+    config's schedule never trains stage 2, G1(r) upsampled (bilinear): an untrained G2 draws a flat
+    grey film."""
+    low, _ = nets["G1"](r)
+    if config["schedule"]["stage2"] == 0:
+        return F.interpolate(low, size=config["image_size"], mode="bilinear", align_corners=False)
+    return nets["G2"](low, r)[0]
 
 
 def explain(nets: Mapping[str, nn.Module], images: np.ndarray, config: Mapping[str, Any], seed: int = 0) -> Explained:
@@ -186,16 +196,15 @@ def explain(nets: Mapping[str, nn.Module], images: np.ndarray, config: Mapping[s
 
 
 def generate_from_captions(nets: Mapping[str, nn.Module], descriptions: torch.Tensor,
-                           noise: torch.Tensor) -> np.ndarray:
+                           noise: torch.Tensor, config: Mapping[str, Any]) -> np.ndarray:
     """The text-to-image generator: descriptions (B, T) as `arae.encode_descriptions` writes them and
-    noise (B, noise_dim) -> X-rays (B, image_size, image_size) uint8; eval mode, per sample."""
+    noise (B, noise_dim) -> X-rays (B, image_size, image_size) uint8 (`draw`); eval mode, per sample."""
+    config = make_config(config)
     first = _eval(nets, "AE", "G1", "G2")
     with torch.inference_mode():
         code = nets["AE"].encode(descriptions.to(first.device))
         r = torch.cat([code, noise.to(device=first.device, dtype=code.dtype)], dim=1)
-        low, _ = nets["G1"](r)
-        high, _ = nets["G2"](low, r)
-    return to_uint8(high)
+        return to_uint8(draw(nets, r, config))
 
 
 def describe_reports(reports: Sequence[str], diagnoses: Sequence[int], vocabulary: Vocabulary,
