@@ -119,7 +119,7 @@ class JustifyRecipe(TrainingVocabulary, ConstantAdamRecipe):
         part = data.parts[STUDIES]
         size = int(part.images.shape[-1])
         fixed = {"vocab_size": len(self._vocabulary(data)), "num_labels": len(part.label_names), "image_size": size}
-        trained = sorted(set(primary_labels(torch.as_tensor(part.labels), part.label_names).tolist()))
+        trained = sorted(set(primary_labels(part.labels, part.label_names).tolist()))
         defaults = {"stage1_size": min(64, size // 2), "alternatives": trained if len(trained) >= 2 else None}
         return make_config({**defaults, **dict(overrides), **fixed})
 
