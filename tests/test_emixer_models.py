@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from factory.data.text.vocab import Vocabulary
+from factory.models import emixer
 from factory.models.blocks import ConditionalBatchNorm2d, has_spectral_norm
 from factory.models.emixer import build_networks, decode_reports, generate, make_config, z_dim
 from factory.models.registry import build_networks as build_by_name
-from factory.train.recipes.emixer import rotate
+from factory.train.recipes.emixer import report_nll, rotate
 
 TINY = dict(image_size=32, g_width=4, d_width=4, f_width=4, class_embedding=8, vocab_size=20, max_sentences=3,
             max_words=5, image_feature=8, word_embedding=8, hidden=8, word_layers=2, d_text_hidden=8)
@@ -168,25 +170,48 @@ def test_writing_reads_back_each_sentence_as_teacher_forcing_does():
     assert len({tuple(row.tolist()) for row in ids[0]}) > 1, "every sentence alike: the test shows nothing"
 
 
-def test_teacher_forcing_skips_absent_sentences_and_reuses_given_features():
+@pytest.mark.parametrize("buckets", [1, 2, 3])
+def test_teacher_forcing_runs_each_sentence_as_far_as_it_goes_and_reuses_given_features(monkeypatch, buckets):
+    monkeypatch.setattr(emixer, "WORD_BUCKETS", buckets)
     torch.manual_seed(1)
-    F = build_networks(make_config(TINY))["F"].eval()
+    F = build_networks(make_config(TINY, max_words=8))["F"].eval()
     images = torch.randn(B, 1, 32, 32)
-    reports = torch.randint(Vocabulary.unk_id + 1, 20, (B, 3, 5))
-    reports[0, 2] = reports[2, 1:] = Vocabulary.pad_id  # report 0 has two sentences, report 2 one
+    reports = torch.randint(Vocabulary.unk_id + 1, 20, (B, 3, 8))
+    lengths = torch.tensor([[8, 2, 0], [1, 5, 3], [6, 0, 0]])  # <eos> included; report 2 has one sentence
+    for (i, j), n in np.ndenumerate(lengths.numpy()):
+        reports[i, j, n - 1:] = Vocabulary.eos_id
+        reports[i, j, n:] = Vocabulary.pad_id
     with torch.no_grad():
-        stop, words, labels = F(images, reports)
-        # every row through the word LSTM, as if each sentence existed
-        topics, _ = F._teacher_sentences(F.feature(F.read(images)), reports)
-        rows = reports.reshape(B * 3, 5)
-        bos = F.word_embed.weight[Vocabulary.bos_id].expand(B * 3, 1, -1)
-        out, _ = F.word_lstm(torch.cat([topics.reshape(B * 3, 1, -1), bos, F.word_embed(rows[:, :-1])], dim=1))
-        every_row = F.word_out(out[:, 1:]).view(B, 3, 5, -1)
-        exists = (reports != Vocabulary.pad_id).any(-1)
-        assert torch.allclose(words[exists], every_row[exists], atol=1e-6)
-        assert not words[~exists].any() and int((~exists).sum()) == 3
-        again = F(images, reports, features=F(images, mode="features"))
-    assert all(torch.equal(a, b) for a, b in zip(again, (stop, words, labels)))
+        features = F(images, mode="features")
+        assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+                   for a, b in zip(F(images, reports), F(images, reports, features=features)))
+    stop, words, _ = F(images, reports, features=features)
+    # every row through the word LSTM at full length, as if each sentence existed and went on
+    topics, plain_stop = F._teacher_sentences(F.feature(features), reports)
+    rows = reports.reshape(B * 3, 8)
+    bos = F.word_embed.weight[Vocabulary.bos_id].expand(B * 3, 1, -1)
+    out, _ = F.word_lstm(torch.cat([topics.reshape(B * 3, 1, -1), bos, F.word_embed(rows[:, :-1])], dim=1))
+    every_row = F.word_out(out[:, 1:]).view(B, 3, 8, -1)
+    target = reports != Vocabulary.pad_id
+    assert torch.allclose(words[target], every_row[target], rtol=1e-5, atol=1e-6)
+    assert not words[~target].any() and int((~(target.any(-1))).sum()) == 3
+    grads = []
+    for stop_logits, word_logits in ((stop, words), (plain_stop, every_row)):
+        F.zero_grad()
+        sum(report_nll(stop_logits, word_logits, reports)).backward(retain_graph=True)
+        grads.append({name: p.grad.clone() for name, p in F.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]["word_lstm.weight_hh_l0"].abs().sum() > 0
+    assert all(torch.allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7) for name in grads[0])
+    with torch.no_grad():  # no sentence at all: row 0's first word alone runs, so that every parameter takes part
+        nothing = F(images, torch.full_like(reports, Vocabulary.pad_id), features=features)[1]
+    assert nothing.shape == words.shape and not nothing[:, :, 1:].any() and not nothing[1:].any()
+
+
+def test_word_buckets_cut_where_the_fewest_padded_steps_run():
+    assert emixer._buckets([1, 1, 1, 5, 5, 9], 2) == [(0, 3), (3, 6)]  # 3 x 1 + 3 x 9 against 5 x 5 + 9
+    assert emixer._buckets([1, 1, 1, 5, 5, 9], 3) == [(0, 3), (3, 5), (5, 6)]
+    assert emixer._buckets([4, 4, 4], 2) == [(0, 3)]  # one length: nothing to cut
+    assert emixer._buckets([3], 1) == [(0, 1)]
 
 
 @pytest.mark.parametrize("feedback", [True, False])

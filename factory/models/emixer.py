@@ -14,7 +14,7 @@
   sentence LSTM (reading the image feature and, `sentence_feedback`, the previous sentence's mean word
   embedding) whose hidden state gives a STOP logit and, through three linear layers, a topic
   vector -> multi-layer word LSTM fed [topic, <bos>, words...] (teacher-forced: every sentence in
-  parallel; writing: sentence by sentence, each read back before the next).
+  parallel, in buckets of like length; writing: sentence by sentence, each read back before the next).
 - D_report: LSTMs over the report's word embeddings: a word LSTM per sentence, then a sentence LSTM
   over the sentences' final states (padding rows and words included, as real reports have them).
 - D_joint: image CNN trunk + report LSTM, concatenated, MLP head.
@@ -23,6 +23,8 @@ Conv and linear layers of G and the discriminators are spectral-normalised; LSTM
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from typing import Any, Mapping
 
@@ -36,6 +38,8 @@ from factory.data.text.vocab import Vocabulary
 from factory.models.blocks import ImageEncoder, ResBlockUp, ResNetEncoder, SelfAttention, embed_tokens, sn
 from factory.models.spec import GeneratorSpec, PairSampling, UntrainedShape
 
+# Buckets of sentence rows the teacher-forced word LSTM runs in, each as far as its longest sentence.
+WORD_BUCKETS = 2
 NET_NAMES = ("G", "F", "D_image", "D_report", "D_joint")
 F_ENCODERS = {"biggan": None, "resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2)}  # ResNet blocks per stage
 
@@ -251,8 +255,9 @@ class ReportGenerator(nn.Module):
                 max_sentences: int | None = None, max_words: int | None = None, with_labels: bool = False,
                 features: torch.Tensor | None = None):
         """mode "teacher": given (B, S, W) reports, returns (stop logits (B, S), word logits (B, S, W, V),
-        label logits (B, L) of the encoder's label head). The word logits of a sentence row that does not
-        exist (all <pad>: nothing to predict) are zeros; the word LSTM does not run on it.
+        label logits (B, L) of the encoder's label head). Word logits past a sentence's last non-pad word
+        and in a sentence row that does not exist (all <pad>: nothing to predict) are zeros; the word LSTM
+        does not run there.
         mode "greedy" / "sample" (softmax at `temperature`): token ids (B, S, W).
         mode "best": "greedy" when the config's `report_beam` is 1, else beam search of that width.
         mode "labels": the label head's logits (B, L) alone.
@@ -273,18 +278,7 @@ class ReportGenerator(nn.Module):
         v = self.feature(features)
         if mode == "teacher":
             topics, stop_logits = self._teacher_sentences(v, reports)
-            b, s, e = topics.shape
-            words = reports.reshape(b * s, -1)
-            # Only the sentences that exist (a report has 4-5 of its max_sentences rows on phantoms).
-            rows = (words != Vocabulary.pad_id).any(dim=1).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                rows = rows.new_zeros(1)
-            bos = self.word_embed.weight[Vocabulary.bos_id].expand(len(rows), 1, e)
-            inputs = torch.cat([topics.reshape(b * s, e)[rows, None], bos, self.word_embed(words[rows, :-1])], dim=1)
-            out, _ = self.word_lstm(inputs)
-            logits = self.word_out(out[:, 1:])
-            word_logits = logits.new_zeros(b * s, *logits.shape[1:]).index_copy(0, rows, logits)
-            return stop_logits, word_logits.view(b, s, words.shape[1], -1), label_logits
+            return stop_logits, self._teacher_words(topics, reports), label_logits
         if mode == "best":
             mode = "greedy" if self.beam == 1 else "beam"
         if mode not in ("greedy", "beam", "sample", "gumbel"):
@@ -294,6 +288,33 @@ class ReportGenerator(nn.Module):
         tokens = self._write(v, max_sentences or self.max_sentences, max_words or self.max_words, mode,
                              temperature, generator)
         return (tokens, label_logits) if with_labels else tokens
+
+    def _teacher_words(self, topics: torch.Tensor, reports: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced word logits (B, S, W, V) for topics (B, S, E): a row's logits at its positions up
+        to its last non-pad word, zeros after it and in rows that do not exist (all <pad>).
+
+        The word LSTM is causal and its rows independent, so a row's logits up to its length do not depend
+        on how far the LSTM runs past it: rows sorted by length run in a few buckets, each only as far as
+        its longest sentence (phantom sentences fill a third of max_words on average)."""
+        b, s, w = reports.shape
+        e = topics.shape[-1]
+        words, topics = reports.reshape(b * s, w), topics.reshape(b * s, e)
+        positions = torch.arange(1, w + 1, device=words.device)
+        lengths, order = torch.where(words != Vocabulary.pad_id, positions, 0).amax(dim=1).sort(stable=True)
+        counts = lengths.tolist()
+        first = bisect.bisect_right(counts, 0)  # the rows before it do not exist
+        if first == len(counts):  # no sentence at all: row 0's first word, so that every parameter takes part
+            lengths, order, counts, first = lengths[:1] + 1, order[:1], [1], 0
+        hidden, flat = [], []
+        for start, stop in _buckets(counts[first:], WORD_BUCKETS):
+            rows, n = order[first + start:first + stop], counts[first + stop - 1]
+            bos = self.word_embed.weight[Vocabulary.bos_id].expand(len(rows), 1, e)
+            out, _ = self.word_lstm(torch.cat([topics[rows, None], bos, self.word_embed(words[rows, :n - 1])], dim=1))
+            keep = positions[:n] <= lengths[first + start:first + stop, None]  # each row's own words
+            hidden.append(out[:, 1:][keep])  # output t + 1 predicts word t
+            flat.append((rows[:, None] * w + positions[:n] - 1)[keep])
+        logits = self.word_out(torch.cat(hidden))
+        return logits.new_zeros(b * s * w, logits.shape[1]).index_copy(0, torch.cat(flat), logits).view(b, s, w, -1)
 
     def _summary(self, words: torch.Tensor) -> torch.Tensor:
         """Mean embedding of a sentence's words (<eos> included, <pad> not): (..., W) ids or (..., W, V)
@@ -410,6 +431,21 @@ class ReportGenerator(nn.Module):
         padding = torch.full((n, max_words - chosen.shape[1]), Vocabulary.pad_id, dtype=torch.long,
                              device=topics.device)
         return torch.cat([chosen, padding], dim=1)
+
+
+def _buckets(lengths: list[int], k: int) -> list[tuple[int, int]]:
+    """Split ascending `lengths` into at most k contiguous (start, stop) runs, the ends chosen to run the
+    fewest padded steps, sum of (rows x longest) over the runs (exhaustive over k - 1 cuts, each where the
+    length grows: at most max_words - 1 places)."""
+    n = len(lengths)
+    places = [i for i in range(1, n) if lengths[i] > lengths[i - 1]]
+    best: tuple[int, list[tuple[int, int]]] = (n * lengths[-1], [(0, n)])
+    for cuts in itertools.combinations(places, min(k - 1, len(places))):
+        ends = (0, *cuts, n)
+        cost = sum((b - a) * lengths[b - 1] for a, b in zip(ends, ends[1:]))
+        if cost < best[0]:
+            best = (cost, list(zip(ends, ends[1:])))
+    return best[1]
 
 
 def _mask_to_pad(tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
