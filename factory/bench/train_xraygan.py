@@ -179,7 +179,7 @@ def table4(args, real) -> dict[str, Any]:
     C inside training (§4.2), so the threshold changes C and G from the first step and no arm's run
     can be shared with another's. The real-only arm trains C alone, with the same initial weights,
     batches, optimiser and loss as UCGAN's C step at xi = 0: G, D and T could not change its weights
-    there, and alone its batch-norm statistics see no generated batch. C's macro-AUC on the held-out
+    there, and UCGAN's C keeps the running statistics of its real batches. C's macro-AUC on the held-out
     real phantoms is read every `--table4-every` steps (its curve, to see whether it has levelled).
     Seeds run in `--table4-jobs` processes at once (the CPU meter counts them)."""
     import multiprocessing

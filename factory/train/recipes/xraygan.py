@@ -28,11 +28,13 @@ UCGAN, one `train_step` on B real studies, the four networks stepped in turn (eq
    with every style and content loss over C's stage maps. C and T are frozen here. C normalises by
    batch statistics, as it does in its own step (in eval mode an early C, whose running statistics
    are still far from its batches', gives every image the same output, and no score reaches G), but
-   its running statistics stay those of its own training batches (`statistics_kept`).
+   its running statistics stay those of its real training batches (`statistics_kept`).
 3. T step: gamma x (l_style(I^, I_r) + l_content(I^, I_g)) on the same (detached) fakes.
 4. C step: tau x (cross-entropy on the real studies (ucgan.class_targets) + xi x cross-entropy on
    the step's fakes whose confidence (C's largest class probability, in this forward) reaches the
    threshold t, against their most likely class: pseudo-labels, fed to C in the same mini-batch).
+   C normalises the fakes by their own batch statistics but leaves its running statistics to the
+   real batches (`statistics_kept`): eval-mode C reads real films with real films' statistics.
 Every backward runs inside `frozen(...)` of every engine it does not step (DeepSpeed ZeRO-2 needs it).
 
 What the paper leaves open, and the choices made here:
@@ -247,7 +249,10 @@ class UcganRecipe(_XrayganRecipe):
 
         with frozen(G, D, T):
             c_real = soft_cross_entropy(C(images), targets)
-            c_fake, kept = pseudo_label_loss(C(fake), config["threshold"])
+            # Running statistics from real batches alone (module docstring, step 4).
+            with statistics_kept(C.module):
+                fake_logits = C(fake)
+            c_fake, kept = pseudo_label_loss(fake_logits, config["threshold"])
             C.backward(config["tau"] * (c_real + config["xi"] * c_fake))
         C.step()
         losses = {"d_real": d_real, "d_fake": d_fake, "g_adv": g_adv, "g_is": score_is, "g_mmd": score_mmd,
