@@ -23,7 +23,6 @@ Conv and linear layers of G and the discriminators are spectral-normalised; LSTM
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 from typing import Any, Mapping
@@ -302,7 +301,7 @@ class ReportGenerator(nn.Module):
         positions = torch.arange(1, w + 1, device=words.device)
         lengths, order = torch.where(words != Vocabulary.pad_id, positions, 0).amax(dim=1).sort(stable=True)
         counts = lengths.tolist()
-        first = bisect.bisect_right(counts, 0)  # the rows before it do not exist
+        first = counts.count(0)  # sorted: the rows before it do not exist
         if first == len(counts):  # no sentence at all: row 0's first word, so that every parameter takes part
             lengths, order, counts, first = lengths[:1] + 1, order[:1], [1], 0
         hidden, flat = [], []
