@@ -1,12 +1,14 @@
 """`medsynth bench train emixer` pieces that run without training: the CPU meter, the segment
 planner, the segment's bundles, macro F1 through the labeler, the reader's ceiling, and the
-learning-curve PNG."""
+learning-curve PNGs (EMIXER's, and XRAY-GAN's from one or more runs)."""
 
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from factory.bench.learning_plot import plot_learning
@@ -95,3 +97,43 @@ def test_bench_settings_record_judge_count_and_epochs_only_for_a_judge_trained_h
     args.judge = "/bundles/judge"  # given: its own count and epochs are in the JSON's `judge` block
     assert bench_settings(args, {"trained_here": False}) == {"judge": "/bundles/judge", "judge_count": None,
                                                             "judge_epochs": None, "size": 64}
+
+
+def _xraygan_result(model, judge="judge-a"):
+    lower = 0.1 if model == "xraygan-ucgan" else 0.0  # the two models' curves apart
+    points = [{"step": s, "train_cpu_minutes": m, "fid": f * (1 + 2 * lower), "kept": k, "macro_auc": a and a - lower}
+              for s, m, f, k, a in ((0, 0.0, 400.0, 0.0, None), (100, 15.0, 120.0, 0.3, 0.7), (200, 29.0, 40.0, 0.5, 0.82))]
+    result = {"judge": {"bundle_id": judge}, "settings": {"eval_count": 500, "size": 64, "seed": 0, "workers": 2,
+                                                         "minutes": 30.0},
+              "real": {"real_macro_auc": 0.83, "real_vs_real_fid": 5.0}, model: {"points": points},
+              "minimum": {"cgan_judge_macro_auc": {"target": 0.8}} if model == "xraygan-cgan" else {},
+              "emixer_image_branch": {"macro_auc": 0.9, "fid": 49.0, "train_cpu_minutes": 28.5}}
+    if model == "xraygan-ucgan":
+        runs = [{"curve": [{"step": 100, "macro_auc": 0.70 + seed / 100}, {"step": 400, "macro_auc": 0.80}]}
+                for seed in range(3)]
+        pseudo = [{"curve": [{"step": c["step"], "macro_auc": c["macro_auc"] - 0.05} for c in run["curve"]]}
+                  for run in runs]
+        result["table4"] = {"real_images": 500, "seeds": 3,
+                            "arms": {"real only": {"runs": runs}, "t=0.8": {"runs": pseudo}}}
+    return result
+
+
+def test_xraygan_plot_draws_both_models_and_refuses_other_judges(tmp_path):
+    from factory.bench.train_xraygan import MODELS, replot
+    from factory.bench.xraygan_plot import MODEL_COLOURS, plot_xraygan
+
+    path = tmp_path / "xraygan.png"
+    plot_xraygan([_xraygan_result("xraygan-cgan"), _xraygan_result("xraygan-ucgan")], str(path), MODELS)
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    inked = {name: int((pixels == colour).all(axis=1).sum()) for name, colour in MODEL_COLOURS.items()}
+    # A legend entry alone inks about 36 pixels; curves with their dots ink many more.
+    assert inked["xraygan-cgan"] > 200 and inked["xraygan-ucgan"] > 200 and inked["emixer"] > 100, inked
+
+    files = []
+    for i, judge in enumerate(("judge-a", "judge-b")):
+        files.append(tmp_path / f"run{i}.json")
+        files[-1].write_text(json.dumps(_xraygan_result(MODELS[i], judge)))
+    with pytest.raises(SystemExit, match="scored differently"):
+        replot([str(f) for f in files], str(tmp_path / "mixed.png"))
+    assert not (tmp_path / "mixed.png").exists()

@@ -25,7 +25,8 @@ class Panel:
     """One chart: data coordinates mapped into a box of the canvas."""
 
     def __init__(self, draw: ImageDraw.ImageDraw, origin: tuple[int, int], title: str, x_max: float,
-                 y_range: tuple[float, float], log: bool = False, x_label: str = "training CPU-minutes"):
+                 y_range: tuple[float, float], log: bool = False, x_label: str = "training CPU-minutes",
+                 legend_low: bool = False):
         self.draw, self.log = draw, log
         self.font = ImageFont.load_default()
         x0, y0 = origin
@@ -39,6 +40,7 @@ class Panel:
         draw.text(((self.left + self.right) // 2 - 50, self.bottom + 26), x_label, fill="black", font=self.font)
         self._ticks()
         self.legend_row = 0
+        self.legend_low = legend_low  # legend in the lower right corner, where rising curves leave room
 
     def _x(self, x: float) -> float:
         return self.left + (self.right - self.left) * x / self.x_max
@@ -89,6 +91,8 @@ class Panel:
 
     def _legend(self, colour, label: str, dashed: bool) -> None:
         x, y = self.right - 190, self.top + 8 + 14 * self.legend_row
+        if self.legend_low:
+            y = self.bottom - 8 - 14 * 6 + 14 * self.legend_row
         if dashed:
             self.draw.line([x, y + 6, x + 7, y + 6], fill=colour, width=2)
             self.draw.line([x + 11, y + 6, x + 18, y + 6], fill=colour, width=2)

@@ -20,8 +20,10 @@ step at xi = 0), mean and spread over `--seeds` seeds, with C's curve every `--t
 EMIXER's image branch at the same budget comes from its own benchmark's JSON (`--emixer-json`), put in
 the same table.
 
-Writes docs/bench/train_xraygan.json (machine, settings, CPU minutes, every point and table) and the
-tables as Markdown (docs/bench/train_xraygan_tables.md, beside the JSON).
+Writes docs/bench/train_xraygan.json (machine, settings, CPU minutes, every point and table), the
+tables as Markdown (docs/bench/train_xraygan_tables.md, beside the JSON) and the curves as a PNG
+(docs/xraygan-learning.png). `--replot A.json B.json` draws the PNG from saved runs (say, one per model)
+scored by the same judge, training nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 
 from factory.bench import segments
 from factory.bench.train_emixer import CpuMeter, bench_settings, get_judge, machine, real_sets, write_results
+from factory.bench.xraygan_plot import plot_xraygan
 from factory.data.labels import CXR_LABELS
 
 MODELS = ("xraygan-cgan", "xraygan-ucgan")
@@ -372,7 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", help="folder for the judge, runs and bundles (default: a new temporary one)")
     parser.add_argument("--out", default="docs/bench/train_xraygan.json")
+    parser.add_argument("--plot", default="docs/xraygan-learning.png", help="learning curves PNG")
+    parser.add_argument("--replot", nargs="+", metavar="JSON",
+                        help="train nothing: draw --plot from these benchmark JSONs (same judge and held-out set)")
     args = parser.parse_args(argv)
+    if args.replot:
+        return replot(args.replot, args.plot)
     models = [] if args.models == "none" else [m.strip() for m in args.models.split(",") if m.strip()]
     if set(models) - set(MODELS) or not (models or args.table4_steps):
         raise SystemExit(f"--models must name some of {list(MODELS)} (or none, with Table 4), not {args.models!r}")
@@ -416,7 +424,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     meter.close()
     write_results(args.out, {k: ({n: v2 for n, v2 in v.items() if not n.startswith("_")} if k in MODELS else v)
                               for k, v in result.items()}, tables(result))
+    plot_xraygan([result], args.plot, MODELS)
     print(json.dumps(minimum, indent=2))
+    print(f"wrote {args.out} and {args.plot}")
+    return 0
+
+
+def replot(paths: Sequence[str], plot: str) -> int:
+    """Draw the learning curves of saved benchmark JSONs into one PNG."""
+    results = []
+    for path in paths:
+        with open(path) as f:
+            results.append(json.load(f))
+    try:
+        plot_xraygan(results, plot, MODELS)
+    except (ValueError, KeyError) as err:
+        raise SystemExit(f"cannot draw these results together: {err}") from err
+    print(f"wrote {plot}")
     return 0
 
 
