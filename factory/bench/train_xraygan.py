@@ -22,7 +22,7 @@ the same table.
 
 Writes docs/bench/train_xraygan.json (machine, settings, CPU minutes, every point and table), the
 tables as Markdown (docs/bench/train_xraygan_tables.md, beside the JSON) and the curves as a PNG
-(docs/xraygan-learning.png). `--replot A.json B.json` draws the PNG from saved runs (say, one per model)
+(docs/bench/xraygan-learning.png). `--replot A.json B.json` draws the PNG from saved runs (say, one per model)
 scored by the same judge, training nothing.
 """
 
@@ -375,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", help="folder for the judge, runs and bundles (default: a new temporary one)")
     parser.add_argument("--out", default="docs/bench/train_xraygan.json")
-    parser.add_argument("--plot", default="docs/xraygan-learning.png", help="learning curves PNG")
+    parser.add_argument("--plot", default="docs/bench/xraygan-learning.png", help="learning curves PNG")
     parser.add_argument("--replot", nargs="+", metavar="JSON",
                         help="train nothing: draw --plot from these benchmark JSONs (same judge and held-out set)")
     args = parser.parse_args(argv)
