@@ -137,3 +137,22 @@ def test_xraygan_plot_draws_both_models_and_refuses_other_judges(tmp_path):
     with pytest.raises(SystemExit, match="scored differently"):
         replot([str(f) for f in files], str(tmp_path / "mixed.png"))
     assert not (tmp_path / "mixed.png").exists()
+
+
+def test_emixer_row_of_another_judge_is_marked_and_left_out_of_the_figure(tmp_path):
+    from factory.bench.train_xraygan import MODELS, emixer_image_branch
+    from factory.bench.xraygan_plot import MODEL_COLOURS, plot_xraygan
+
+    source = tmp_path / "train_emixer.json"
+    source.write_text(json.dumps({"judge": {"bundle_id": "judge-e"}, "settings": {"minutes": 30.0},
+                                  "final": {"macro_auc": 0.9, "fid": 49.0, "train_cpu_minutes": 28.5}}))
+    assert emixer_image_branch(str(source), "judge-e")["same_judge"]
+    other = emixer_image_branch(str(source), "judge-a")
+    assert other["same_judge"] is False and other["judge_bundle_id"] == "judge-e"
+
+    result = _xraygan_result("xraygan-cgan") | {"emixer_image_branch": other}
+    path = tmp_path / "xraygan.png"
+    plot_xraygan([result], str(path), MODELS)
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    assert not (pixels == MODEL_COLOURS["emixer"]).all(axis=1).any()

@@ -288,7 +288,8 @@ def tables(result: dict[str, Any]) -> str:
                          f"{p['fid']:.1f} | {p['kept']:.2f} |")
     emixer = result.get("emixer_image_branch")
     if emixer:
-        lines.append(f"| emixer (final, {emixer['source']}) | {emixer['train_cpu_minutes']:.1f} | "
+        other = "" if emixer.get("same_judge", True) else f", scored by another judge ({emixer['judge_bundle_id']})"
+        lines.append(f"| emixer (final, {emixer['source']}{other}) | {emixer['train_cpu_minutes']:.1f} | "
                      f"{emixer['macro_auc']:.3f} | {emixer['fid']:.1f} | |")
     lines.append(f"| real phantoms | | {real['real_macro_auc']:.3f} | {real['real_vs_real_fid']:.1f} (real vs real) | |")
     if models:
@@ -318,8 +319,9 @@ def tables(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def emixer_image_branch(path: str) -> dict[str, Any] | None:
-    """EMIXER's final image scores from its own benchmark's JSON, if there is one."""
+def emixer_image_branch(path: str, judge_id: str) -> dict[str, Any] | None:
+    """EMIXER's final image scores from its own benchmark's JSON, if there is one, and whether the judge
+    that scored them is this run's (`judge_id`): scores of another judge do not share a scale."""
     if not path or not os.path.exists(path):
         return None
     with open(path) as f:
@@ -327,8 +329,12 @@ def emixer_image_branch(path: str) -> dict[str, Any] | None:
     final = result.get("final") or {}
     if "macro_auc" not in final:
         return None
+    judge = result.get("judge", {}).get("bundle_id")
+    if judge != judge_id:
+        print(f"note: {path} was scored by judge {judge}, this run by {judge_id}; its row is marked so")
     return {"source": os.path.basename(path), "macro_auc": final["macro_auc"], "fid": final["fid"],
-            "train_cpu_minutes": final["train_cpu_minutes"], "budget_minutes": result["settings"]["minutes"]}
+            "train_cpu_minutes": final["train_cpu_minutes"], "budget_minutes": result["settings"]["minutes"],
+            "judge_bundle_id": judge, "same_judge": judge == judge_id}
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -404,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu = meter.seconds()
     result["table4"] = table4(args, real) if args.table4_steps else None
     table4_cpu = meter.seconds() - cpu
-    result["emixer_image_branch"] = emixer_image_branch(args.emixer_json)
+    result["emixer_image_branch"] = emixer_image_branch(args.emixer_json, judge_info["bundle_id"])
     minimum: dict[str, Any] = {}
     if "xraygan-cgan" in result:
         value = result["xraygan-cgan"]["final"]["macro_auc"]

@@ -1,7 +1,8 @@
 """Learning curves of `medsynth bench train xraygan` as one PNG, drawn with learning_plot's Pillow panels.
 
 Four panels: the judge's macro-AUC on each generator's images for their (conditioning or pseudo)
-labels over training CPU-minutes, with EMIXER's image branch at the end of its own run, the judge on
+labels over training CPU-minutes, with EMIXER's image branch at the end of its own run (when the same
+judge scored it), the judge on
 the real phantoms and the CGAN minimum; FID in judge features (log scale) with real-vs-real; the share
 of UCGAN's images C keeps at t; and Table 4: C's macro-AUC on held-out real phantoms over its training
 steps, the mean over seeds of each arm. Several benchmark JSONs (say, one run per model) can share
@@ -38,7 +39,9 @@ def plot_xraygan(results: Sequence[dict[str, Any]], path: str, models: Sequence[
     comparable(results)
     curves = {m: r[m] for r in results for m in models if r.get(m)}
     table4 = next((r["table4"] for r in reversed(results) if r.get("table4")), None)
-    emixer = next((r["emixer_image_branch"] for r in reversed(results) if r.get("emixer_image_branch")), None)
+    # EMIXER's point only where its own benchmark was scored by this judge (older JSONs did not record it).
+    emixer = next((r["emixer_image_branch"] for r in reversed(results) if r.get("emixer_image_branch")
+                   and r["emixer_image_branch"].get("same_judge", True)), None)
     real = results[0]["real"]
     minimum = next((r["minimum"]["cgan_judge_macro_auc"]["target"] for r in results
                     if "cgan_judge_macro_auc" in r.get("minimum", {})), None)
