@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         # (docs/bench/train_emixer.md); the demo's minutes buy a few dozen.
         print(f"reports: clinical efficacy micro-F1 {ce['micro']['f1']:.3f} (an always-normal report scores 0): "
               f"after {args.steps} steps F writes the report's form, not an image's findings; the training "
-              "benchmark's generated pairs reach micro-F1 0.53 after 168 steps of 16 likelihood updates "
+              "benchmark's generated pairs reach micro-F1 0.53 after 168 to 216 steps of 16 likelihood updates "
               "(28 CPU-minutes; docs/bench/train_emixer.md), more than the demo's minutes buy")
     local = "://" not in args.out
     root = os.path.abspath(args.out) if local else args.out

@@ -113,9 +113,14 @@ def plot_learning(result: dict[str, Any], images: np.ndarray | None, path: str) 
     tile = 64
     canvas = Image.new("RGB", (2 * PANEL_W, 2 * PANEL_H + 40 + strip * (tile + 30)), "white")
     draw = ImageDraw.Draw(canvas)
+    # The final point is the last inside the budget; a segment that overshot it adds later points.
+    final = result["final"]
+    past = [p["step"] for p in points if p.get("over_budget")]
     draw.text((12, 12), f"EMIXER on phantom chest X-rays, {result['settings']['size']} px, "
-                        f"{result['settings']['workers']} workers: {result['cpu_minutes']['training']:.1f} training "
-                        f"CPU-minutes, {result['final']['step']} steps", fill="black", font=ImageFont.load_default())
+                        f"{result['settings']['workers']} workers: step {final['step']} at "
+                        f"{final['train_cpu_minutes']:.1f} training CPU-minutes"
+                        + (f" (past the budget: step{'s' * (len(past) > 1)} {', '.join(map(str, past))})" if past else ""),
+              fill="black", font=ImageFont.load_default())
 
     auc = Panel(draw, (0, 40), "judge macro-AUC, generated images vs conditioning labels", x_max, (0.4, 1.0))
     auc.series(xs, [p["macro_auc"] for p in points], COLOURS["synthetic"], "generated")

@@ -76,7 +76,8 @@ BENCH_MODEL: dict[str, Any] = {
     # docs/bench/train_emixer.md), which 8 a step bought only near the budget's end; side by side at 30
     # CPU-minutes, 16 gave generated reports CE micro/macro-F1 0.418/0.398 at 136 steps against 8's
     # 0.384/0.337 at 168 (judge macro-AUC 0.806 against 0.858). An extra update costs about 0.06 CPU-s per
-    # worker since it reuses the frozen encoder's features (0.17 before); with it 16 reached 0.530/0.535 at 168.
+    # worker since it reuses the frozen encoder's features (0.17 before); with it 16 reached 0.530/0.535 at 168,
+    # and 0.535/0.519 at 216 once the teacher-forced pass ran in buckets.
     "mle_steps": 16,
 }
 RUN_NAME = "emixer-bench"
