@@ -9,7 +9,15 @@ except the EMIXER bundle and pair run, re-recorded when EMIXER gained config key
 f_input_mean, f_input_std; then report_beam; then mle_steps): same weights, and the pair run's png/txt/cls/json
 identical apart from run id and bundle hash; and again when F's sentence LSTM gained sentence_feedback and
 layer norms: G's weights identical (so the pngs), F's and the discriminators' new, so the reports differ;
-tests/test_generator_seam.py compares. Run as a script to print them again:
+tests/test_generator_seam.py compares.
+
+The digests are kept per kind of CPU (`torch.backends.cpu.get_cpu_capability()`): untrained weights pass
+through spectral norm's power iteration and generated images through convolutions, whose float
+rounding differs between AVX2 and AVX-512 kernels, and so do the bytes. "AVX2" holds the record above
+(the development machines up to 2026-12-05 had AVX2 only); "AVX512" was recorded on 2026-12-05 with
+the code of that day (commit 9883c94; the fresh-clone suite had passed against the AVX2 record with
+the same model code earlier that day). Run as a script to record
+this CPU's kind (the other kinds' entries are kept):
 `python tests/seam_reference.py tests/seam_reference.json` (needs Ray; starts a local one).
 """
 
@@ -86,9 +94,14 @@ if __name__ == "__main__":
 
     import ray
 
+    import torch
+
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         result = reference_digests(Path(tmp))
     ray.shutdown()
-    Path(sys.argv[1]).write_text(json.dumps(result, indent=1) + "\n")
+    path = Path(sys.argv[1])
+    recorded = json.loads(path.read_text()) if path.exists() else {"by_cpu_capability": {}}
+    recorded["by_cpu_capability"][torch.backends.cpu.get_cpu_capability()] = result
+    path.write_text(json.dumps(recorded, indent=1) + "\n")
     print(json.dumps(result, indent=1))

@@ -25,11 +25,15 @@ from factory.produce.writer import write_run
 from factory.train.engines import torch_engines
 from factory.train.recipes import get_recipe
 
-RECORDED = json.loads((Path(__file__).parent / "seam_reference.json").read_text())
+RECORDED = json.loads((Path(__file__).parent / "seam_reference.json").read_text())["by_cpu_capability"]
 
 
 def test_bundles_and_runs_are_byte_identical_to_before_the_seam(ray_local, tmp_path):
-    assert reference_digests(tmp_path) == RECORDED
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in RECORDED:  # the bytes depend on the CPU's float kernels (tests/seam_reference.py)
+        pytest.skip(f"no digests recorded on a {capability} CPU (recorded: {sorted(RECORDED)}); "
+                    "record them with: python tests/seam_reference.py tests/seam_reference.json")
+    assert reference_digests(tmp_path) == RECORDED[capability]
 
 
 @pytest.fixture
