@@ -92,7 +92,7 @@ class Panel:
     def _legend(self, colour, label: str, dashed: bool) -> None:
         x, y = self.right - 190, self.top + 8 + 14 * self.legend_row
         if self.legend_low:
-            y = self.bottom - 8 - 14 * 6 + 14 * self.legend_row
+            y = self.bottom - 8 - 14 * 6 + 14 * self.legend_row  # room for six entries
         if dashed:
             self.draw.line([x, y + 6, x + 7, y + 6], fill=colour, width=2)
             self.draw.line([x + 11, y + 6, x + 18, y + 6], fill=colour, width=2)

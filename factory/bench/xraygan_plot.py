@@ -2,10 +2,9 @@
 
 Four panels: the judge's macro-AUC on each generator's images for their (conditioning or pseudo)
 labels over training CPU-minutes, with EMIXER's image branch at the end of its own run (when the same
-judge scored it), the judge on
-the real phantoms and the CGAN minimum; FID in judge features (log scale) with real-vs-real; the share
-of UCGAN's images C keeps at t; and Table 4: C's macro-AUC on held-out real phantoms over its training
-steps, the mean over seeds of each arm. Several benchmark JSONs (say, one run per model) can share
+judge scored it), the judge on the real phantoms and the CGAN minimum; FID in judge features (log
+scale) with real-vs-real; the share of UCGAN's images C keeps at t; and Table 4: C's macro-AUC on
+held-out real phantoms over its training steps, the mean over seeds of each arm. Several benchmark JSONs (say, one run per model) can share
 one figure when they were scored by the same judge on the same held-out phantoms.
 """
 
