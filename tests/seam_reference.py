@@ -13,11 +13,11 @@ tests/test_generator_seam.py compares.
 
 The digests are kept per kind of CPU (`torch.backends.cpu.get_cpu_capability()`): untrained weights pass
 through spectral norm's power iteration and generated images through convolutions, whose float
-rounding differs between AVX2 and AVX-512 kernels, and so do the bytes. "AVX2" holds the record above
-(the development machines up to 2026-12-05 had AVX2 only); "AVX512" was recorded on 2026-12-05 with
-the code of that day (commit 9883c94; the fresh-clone suite had passed against the AVX2 record with
-the same model code earlier that day). Run as a script to record
-this CPU's kind (the other kinds' entries are kept):
+rounding differs between AVX2 and AVX-512 kernels, and so do the bytes (on AVX-512 also with the number
+of torch threads, so the digests are made on one). "AVX2" holds the record above (the development
+machines up to 2026-12-05 had AVX2 only); "AVX512" was recorded on 2026-12-05 with the code of that day
+(the fresh-clone suite had passed against the AVX2 record with the same model code earlier that day).
+Run as a script to record this CPU's kind (the other kinds' entries are kept):
 `python tests/seam_reference.py tests/seam_reference.json` (needs Ray; starts a local one).
 """
 
@@ -55,6 +55,19 @@ def _run(manifest: dict, root: Path) -> dict:
 
 
 def reference_digests(root: Path) -> dict:
+    """The digests, computed on one torch thread: on AVX-512 CPUs the thread count changes float rounding
+    (spectral norm's power iteration at init), and a test suite leaves the count where its last test set it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _digests(root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _digests(root: Path) -> dict:
     from factory.cli import main
     from factory.config import ProduceConfig, TranslateConfig
     from factory.produce.runs import production_spec, run_translation
