@@ -29,3 +29,34 @@ def test_real_only_arm_trains_c_as_ucgan_does_at_xi_zero():
     for joint, alone in zip(norms, alone_norms):
         assert torch.allclose(joint.running_mean, alone.running_mean, atol=1e-6)
         assert torch.allclose(joint.running_var, alone.running_var, atol=1e-6)
+
+
+def test_unlabelled_films_labels_never_reach_c(monkeypatch):
+    """With `--table4-unlabelled`, the further films' labels are withheld: flipping them changes nothing."""
+    import dataclasses
+
+    import numpy as np
+
+    import factory.data.phantoms.cxr as cxr
+    from factory.bench.train_xraygan import TABLE4_OFFSET, table4_seed
+
+    settings = {"seed": 0, "size": 32, "batch": 4, "thresholds": [], "table4_real": 6, "table4_unlabelled": 6,
+                "table4_steps": 3, "table4_every": 0, "table4_threads": 1}
+    test = [cxr.generate_study(0, 10_000 + i, 32) for i in range(24)]
+    test_images, test_labels = np.stack([s.image for s in test]), np.stack([s.labels for s in test])
+    labelled_too = {**settings, "table4_real": 12, "table4_unlabelled": 0}
+    plain = table4_seed(settings, test_images, test_labels, seed=1)["real only"]["curve"]
+    plain_labelled = table4_seed(labelled_too, test_images, test_labels, seed=1)["real only"]["curve"]
+
+    original = cxr.generate_study
+
+    def flipped(seed, index, size, *args, **kwargs):
+        study = original(seed, index, size, *args, **kwargs)
+        if index >= TABLE4_OFFSET + settings["table4_real"]:
+            study = dataclasses.replace(study, labels=1 - np.nan_to_num(study.labels))
+        return study
+
+    monkeypatch.setattr(cxr, "generate_study", flipped)
+    assert table4_seed(settings, test_images, test_labels, seed=1)["real only"]["curve"] == plain
+    # The flip does change C where those films are labelled.
+    assert table4_seed(labelled_too, test_images, test_labels, seed=1)["real only"]["curve"] != plain_labelled
