@@ -60,3 +60,15 @@ def test_unlabelled_films_labels_never_reach_c(monkeypatch):
     assert table4_seed(settings, test_images, test_labels, seed=1)["real only"]["curve"] == plain
     # The flip does change C where those films are labelled.
     assert table4_seed(labelled_too, test_images, test_labels, seed=1)["real only"]["curve"] != plain_labelled
+
+
+def test_thresholds_none_is_the_real_only_arm_alone_and_bad_ones_are_refused():
+    import pytest
+
+    from factory.bench.train_xraygan import parse_thresholds
+
+    assert parse_thresholds("none") == []
+    assert parse_thresholds("0.6,0.8") == [0.6, 0.8]
+    for bad in ("", "1.5", "0.8,-0.1"):
+        with pytest.raises(SystemExit):
+            parse_thresholds(bad)

@@ -349,6 +349,8 @@ def emixer_image_branch(path: str, judge_id: str) -> dict[str, Any] | None:
 
 
 def parse_thresholds(text: str) -> list[float]:
+    if text.strip() == "none":  # the real-only arm alone: how far C gets on real images
+        return []
     values = [float(v) for v in text.split(",") if v.strip()]
     if not values or not all(0.0 <= v <= 1.0 for v in values):
         raise SystemExit(f"--thresholds must be numbers in [0, 1], not {text!r}")
@@ -385,7 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--table4-threads", type=int, default=1, help="Table 4: torch threads")
     parser.add_argument("--table4-every", type=int, default=50,
                         help="Table 4: read C's macro-AUC every this many steps (0: at the end only)")
-    parser.add_argument("--thresholds", type=parse_thresholds, default=[0.6, 0.7, 0.8, 0.9])
+    parser.add_argument("--thresholds", type=parse_thresholds, default=[0.6, 0.7, 0.8, 0.9],
+                        help="Table 4: the UCGAN arms' t (comma-separated; none: the real-only arm alone)")
     parser.add_argument("--seeds", type=int, default=3, help="Table 4: seeds per arm")
     parser.add_argument("--judge", help="a judge bundle URL (default: train one at --size into the work folder)")
     parser.add_argument("--judge-count", type=int, default=5000)
