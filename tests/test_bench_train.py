@@ -139,6 +139,23 @@ def test_xraygan_plot_draws_both_models_and_refuses_other_judges(tmp_path):
     assert not (tmp_path / "mixed.png").exists()
 
 
+def test_table4_alone_is_drawn_as_its_panel_only(tmp_path):
+    from factory.bench.learning_plot import PANEL_H, PANEL_W
+    from factory.bench.train_xraygan import MODELS
+    from factory.bench.xraygan_plot import ARM_COLOURS, plot_xraygan
+
+    result = _xraygan_result("xraygan-ucgan")
+    del result["xraygan-ucgan"]  # `--models none`: Table 4 and nothing else
+    result["table4"].update(steps=400, batch=16, unlabelled_images=4500)
+    path = tmp_path / "table4.png"
+    plot_xraygan([result], str(path), MODELS)
+    with Image.open(path) as image:
+        assert image.size == (PANEL_W, PANEL_H + 40)
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    for colour in ARM_COLOURS[:2]:  # both arms' curves, not just their legend entries
+        assert (pixels == colour).all(axis=1).sum() > 200
+
+
 def test_emixer_row_of_another_judge_is_marked_and_left_out_of_the_figure(tmp_path):
     from factory.bench.train_xraygan import MODELS, emixer_image_branch
     from factory.bench.xraygan_plot import MODEL_COLOURS, plot_xraygan

@@ -4,8 +4,9 @@ Four panels: the judge's macro-AUC on each generator's images for their (conditi
 labels over training CPU-minutes, with EMIXER's image branch at the end of its own run (when the same
 judge scored it), the judge on the real phantoms and the CGAN minimum; FID in judge features (log
 scale) with real-vs-real; the share of UCGAN's images C keeps at t; and Table 4: C's macro-AUC on
-held-out real phantoms over its training steps, the mean over seeds of each arm. Several benchmark JSONs (say, one run per model) can share
-one figure when they were scored by the same judge on the same held-out phantoms.
+held-out real phantoms over its training steps, the mean over seeds of each arm. A run of Table 4
+alone (`--models none`) gets that panel only. Several benchmark JSONs (say, one run per model) can
+share one figure when they were scored by the same judge on the same held-out phantoms.
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ def plot_xraygan(results: Sequence[dict[str, Any]], path: str, models: Sequence[
     real = results[0]["real"]
     minimum = next((r["minimum"]["cgan_judge_macro_auc"]["target"] for r in results
                     if "cgan_judge_macro_auc" in r.get("minimum", {})), None)
+
+    if not curves and table4:  # Table 4 alone (`--models none`): its panel only
+        canvas = Image.new("RGB", (PANEL_W, PANEL_H + 40), "white")
+        draw = ImageDraw.Draw(canvas)
+        draw.text((12, 12), f"XRAY-GAN Table 4 on phantom chest X-rays, {results[0]['settings']['size']} px, "
+                            f"{table4['steps']} steps of batch {table4['batch']}", fill="black",
+                  font=ImageFont.load_default())
+        table4_panel(draw, (0, 40), table4)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        canvas.save(path)
+        return
 
     xs_all = [p["train_cpu_minutes"] for c in curves.values() for p in c["points"]]
     if emixer:
@@ -88,19 +100,26 @@ def plot_xraygan(results: Sequence[dict[str, Any]], path: str, models: Sequence[
                     MODEL_COLOURS["xraygan-ucgan"], "kept share")
 
     if table4:
-        arms = table4["arms"]
-        steps = sorted({c["step"] for arm in arms.values() for run in arm["runs"] for c in run.get("curve", [])})
-        values = [c["macro_auc"] for arm in arms.values() for run in arm["runs"] for c in run.get("curve", [])]
-        low = math.floor(min(values + [0.7]) * 20) / 20
-        t4 = Panel(draw, (PANEL_W, 40 + PANEL_H),
-                   f"Table 4: C's macro-AUC on real phantoms ({table4['real_images']} real, mean of {table4['seeds']} seeds)",
-                   max(steps + [1]), (low, 1.0), x_label="C's training steps")
-        for colour, (name, arm) in zip(ARM_COLOURS, arms.items()):
-            by_step: dict[int, list[float]] = {}
-            for run in arm["runs"]:
-                for c in run.get("curve", []):
-                    by_step.setdefault(c["step"], []).append(c["macro_auc"])
-            xs = sorted(by_step)
-            t4.series(xs, [float(np.mean(by_step[s])) for s in xs], colour, name)
+        table4_panel(draw, (PANEL_W, 40 + PANEL_H), table4)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     canvas.save(path)
+
+
+def table4_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], table4: dict[str, Any]) -> None:
+    """Table 4's C curves: each arm's macro-AUC on held-out real phantoms over C's steps, mean over seeds."""
+    arms = table4["arms"]
+    steps = sorted({c["step"] for arm in arms.values() for run in arm["runs"] for c in run.get("curve", [])})
+    values = [c["macro_auc"] for arm in arms.values() for run in arm["runs"] for c in run.get("curve", [])]
+    low = math.floor(min(values + [0.7]) * 20) / 20
+    unlabelled = table4.get("unlabelled_images", 0)
+    pool = f", {unlabelled} unlabelled" if unlabelled else ""
+    panel = Panel(draw, origin, f"Table 4: C's macro-AUC on real phantoms ({table4['real_images']} real{pool}, "
+                                f"mean of {table4['seeds']} seeds)", max(steps + [1]), (low, 1.0),
+                  x_label="C's training steps")
+    for colour, (name, arm) in zip(ARM_COLOURS, arms.items()):
+        by_step: dict[int, list[float]] = {}
+        for run in arm["runs"]:
+            for c in run.get("curve", []):
+                by_step.setdefault(c["step"], []).append(c["macro_auc"])
+        xs = sorted(by_step)
+        panel.series(xs, [float(np.mean(by_step[s])) for s in xs], colour, name)
