@@ -1,4 +1,5 @@
-"""Seeding torch's global generators for a block, without disturbing the caller's random state."""
+"""Seeding torch's global generators for a block, without disturbing the caller's random state, and
+running a block on one torch thread."""
 
 from __future__ import annotations
 
@@ -17,3 +18,16 @@ def global_rng_seeded(seed: int, device: torch.device | str | None = None) -> It
     with torch.random.fork_rng(devices=[device] if device is not None and device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Inside the block torch runs on one intra-op thread; afterwards on as many as before. On AVX-512
+    CPUs a multi-threaded reduction rounds differently with the thread count (spectral norm's power
+    iteration at construction, for one), so work whose bytes must follow from a seed alone runs here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

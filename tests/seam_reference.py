@@ -14,7 +14,7 @@ tests/test_generator_seam.py compares.
 The digests are kept per kind of CPU (`torch.backends.cpu.get_cpu_capability()`): untrained weights pass
 through spectral norm's power iteration and generated images through convolutions, whose float
 rounding differs between AVX2 and AVX-512 kernels, and so do the bytes (on AVX-512 also with the number
-of torch threads, so the digests are made on one). "AVX2" holds the record above (the development
+of torch threads: networks are now built on one, and the digests are made on one). "AVX2" holds the record above (the development
 machines up to 2026-12-05 had AVX2 only); "AVX512" was recorded on 2026-12-05 with the code of that day
 (the fresh-clone suite had passed against the AVX2 record with the same model code earlier that day).
 Run as a script to record this CPU's kind (the other kinds' entries are kept):
@@ -55,8 +55,9 @@ def _run(manifest: dict, root: Path) -> dict:
 
 
 def reference_digests(root: Path) -> dict:
-    """The digests, computed on one torch thread: on AVX-512 CPUs the thread count changes float rounding
-    (spectral norm's power iteration at init), and a test suite leaves the count where its last test set it."""
+    """The digests, computed on one torch thread: on AVX-512 CPUs the thread count can change float
+    rounding (it did change spectral norm's power iteration at init, before networks were built on one
+    thread), and a test suite leaves the count where its last test set it."""
     import torch
 
     threads = torch.get_num_threads()

@@ -47,11 +47,12 @@ def make_config(name: str, overrides: Mapping[str, Any] | None = None) -> dict[s
 def build_networks(name: str, config: Mapping[str, Any], seed: int | None = None) -> dict[str, nn.Module]:
     """The model's networks. With `seed`, initial weights are a function of the seed alone: the
     layers' initialisers draw from torch's global generator, which is seeded for the call and
-    restored afterwards, so the caller's random state is left untouched."""
-    from factory.seeding import global_rng_seeded
+    restored afterwards, so the caller's random state is left untouched; and they are built on one
+    torch thread, so the thread count does not round them differently (it did, on AVX-512 CPUs)."""
+    from factory.seeding import global_rng_seeded, one_torch_thread
 
     build = spec(name).build_networks
     if seed is None:
         return build(config)
-    with global_rng_seeded(seed):
+    with global_rng_seeded(seed), one_torch_thread():
         return build(config)
