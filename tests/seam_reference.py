@@ -14,8 +14,8 @@ tests/test_generator_seam.py compares.
 The digests are kept per kind of CPU (`torch.backends.cpu.get_cpu_capability()`): untrained weights pass
 through spectral norm's power iteration and generated images through convolutions, whose float
 rounding differs between AVX2 and AVX-512 kernels, and so do the bytes (on AVX-512 also with the number
-of torch threads: networks are now built on one, and the digests are made on one). "AVX2" holds the record above (the development
-machines up to 2026-12-05 had AVX2 only); "AVX512" was recorded on 2026-12-05 with the code of that day
+of torch threads: networks are now built on one, and the digests are made on one). "AVX2" holds the
+record above (the development machines up to 2026-12-05 had AVX2 only); "AVX512" was recorded on 2026-12-05 with the code of that day
 (the fresh-clone suite had passed against the AVX2 record with the same model code earlier that day).
 Run as a script to record this CPU's kind (the other kinds' entries are kept):
 `python tests/seam_reference.py tests/seam_reference.json` (needs Ray; starts a local one).

@@ -1,11 +1,17 @@
-"""Table 4 of `medsynth bench train xraygan`: its real-only arm (C alone) is UCGAN's C at xi = 0."""
+"""Table 4 of `medsynth bench train xraygan`: its real-only arm (C alone) is UCGAN's C at xi = 0; unlabelled
+films' labels never reach C; `--thresholds none` is the real-only arm alone."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
+import pytest
 import torch
 from test_xraygan_recipe import _batch, _setup
 
-from factory.bench.train_xraygan import real_only_step
+import factory.data.phantoms.cxr as cxr
+from factory.bench.train_xraygan import TABLE4_OFFSET, parse_thresholds, real_only_step, table4_seed
 from factory.train.engines import torch_engines
 
 
@@ -33,13 +39,6 @@ def test_real_only_arm_trains_c_as_ucgan_does_at_xi_zero():
 
 def test_unlabelled_films_labels_never_reach_c(monkeypatch):
     """With `--table4-unlabelled`, the further films' labels are withheld: flipping them changes nothing."""
-    import dataclasses
-
-    import numpy as np
-
-    import factory.data.phantoms.cxr as cxr
-    from factory.bench.train_xraygan import TABLE4_OFFSET, table4_seed
-
     settings = {"seed": 0, "size": 32, "batch": 4, "thresholds": [], "table4_real": 6, "table4_unlabelled": 6,
                 "table4_steps": 3, "table4_every": 0, "table4_threads": 1}
     test = [cxr.generate_study(0, 10_000 + i, 32) for i in range(24)]
@@ -63,10 +62,6 @@ def test_unlabelled_films_labels_never_reach_c(monkeypatch):
 
 
 def test_thresholds_none_is_the_real_only_arm_alone_and_bad_ones_are_refused():
-    import pytest
-
-    from factory.bench.train_xraygan import parse_thresholds
-
     assert parse_thresholds("none") == []
     assert parse_thresholds("0.6,0.8") == [0.6, 0.8]
     for bad in ("", "1.5", "0.8,-0.1"):

@@ -16,6 +16,8 @@ Table 4 (the paper's): UCGAN trained in process (plain torch engines, the same r
 `--table4-real` real phantoms for `--table4-steps` steps per run; C's macro-AUC on the held-out real
 phantoms for each threshold t, against the same C trained on real images only (C alone, as UCGAN's C
 step at xi = 0), mean and spread over `--seeds` seeds, with C's curve every `--table4-every` steps.
+`--table4-unlabelled N` adds N films whose labels are withheld (half of every batch, in every arm: G, D
+and T learn from them, C's cross-entropy does not); `--thresholds none` runs the real-only arm alone.
 `--models none` runs Table 4 alone.
 EMIXER's image branch at the same budget comes from its own benchmark's JSON (`--emixer-json`), put in
 the same table.
