@@ -1,5 +1,6 @@
 """XRAY-GAN: CGAN and UCGAN steps through plain-torch engines (losses, updates, freezing, what the
-scores and the pseudo-label threshold steer), their products and untrained bundles."""
+scores and the pseudo-label threshold steer), their products and untrained bundles, and their image shards
+through the actor pool (1 or 2 actors, UCGAN's quality gate)."""
 
 from __future__ import annotations
 
@@ -250,27 +251,47 @@ def test_example_job_config_names_the_model_and_valid_settings(model):
 
 
 @pytest.mark.parametrize("model", ["xraygan-cgan", "xraygan-ucgan"])
-def test_bundles_produce_image_samples_in_process(model, tmp_path):
-    """The bundle through production's image producer (in this process: the pool's own tests cover actors)."""
+def test_bundles_produce_the_same_image_shards_with_one_or_two_actors(model, ray_local, tmp_path):
+    """The bundle through the actor pool: byte-identical shards with 1 and 2 actors, each index once; for
+    UCGAN, the samples whose pseudo-label confidence is below the threshold are dropped and counted."""
     import json
     import tarfile
 
     from factory.config import ProduceConfig
     from factory.models.cli import init_bundle
+    from factory.produce.pool import produce
+    from factory.produce.producers import BundleImageProducer
     from factory.produce.runs import production_spec
-    from factory.produce.writer import write_run
 
+    count, seed = 12, 2
     init_bundle(str(tmp_path / "bundle"), model, size=32, width=4, seed=1)
-    # An untrained classifier is unsure of everything: a low threshold keeps its pseudo-labelled samples.
-    threshold = {"threshold": 0.05} if model == "xraygan-ucgan" else {}
-    config = ProduceConfig(bundle=str(tmp_path / "bundle"), count=4, shard_size=4, batch_size=2, seed=2,
+    threshold = {}
+    if model == "xraygan-ucgan":
+        # The untrained C's confidences, computed directly for (seed, n): a threshold at their median
+        # keeps some samples and drops the others.
+        bundle, product = load_bundle(str(tmp_path / "bundle")), registry.spec(model).product(ImageSampling)
+        z = np.stack([np.random.default_rng([seed, n]).standard_normal(product.z_dim(bundle.model_config),
+                                                                          dtype=np.float32) for n in range(count)])
+        _, confidence = product.pseudo_label(bundle.nets, product.generate(bundle.nets, None, torch.from_numpy(z)))
+        threshold = {"threshold": float(np.median(confidence))}
+        kept = [n for n in range(count) if confidence[n] >= threshold["threshold"]]
+        assert 0 < len(kept) < count
+    config = ProduceConfig(bundle=str(tmp_path / "bundle"), count=count, shard_size=5, batch_size=2, seed=seed,
                            out=str(tmp_path / "run"), **threshold)
     producer, spec = production_spec(config)
-    manifest = write_run(producer.build(spec.seed).make_batch(range(4)), config.out, spec, progress=False)
-    assert spec.sample_kind == "image" and manifest["count"] == 4
-    with tarfile.open(tmp_path / "run" / "shard-000000.tar") as tar:
+    runs = {actors: produce(producer, str(tmp_path / f"actors-{actors}"), spec, actors=actors, batch_size=2,
+                            progress=False) for actors in (1, 2)}
+    for name in [record["name"] for record in runs[1]["shards"]]:
+        assert (tmp_path / "actors-1" / name).read_bytes() == (tmp_path / "actors-2" / name).read_bytes()
+    with tarfile.open(tmp_path / "actors-2" / "shard-000000.tar") as tar:
         names = tar.getnames()
         meta = json.loads(tar.extractfile(next(n for n in names if n.endswith(".json"))).read())
-    assert {n.rsplit(".", 1)[1] for n in names} == {"png", "cls", "json"}
+    assert spec.sample_kind == "image" and {n.rsplit(".", 1)[1] for n in names} == {"png", "cls", "json"}
     assert meta["source"]["recipe"] == model and sum(meta["labels"].values()) >= 1
     assert ("pseudo_label" in meta) is (model == "xraygan-ucgan")
+    if model == "xraygan-ucgan":
+        assert runs[2]["count"] == len(kept)
+        assert runs[2]["dropped"] == {BundleImageProducer.PSEUDO_LABEL_DROP: count - len(kept)}
+        assert sum(sum(r["dropped"].values()) for r in runs[2]["shards"]) == count - len(kept)
+    else:
+        assert runs[2]["count"] == count and runs[2]["dropped"] == {}
