@@ -58,14 +58,10 @@ def reference_digests(root: Path) -> dict:
     """The digests, computed on one torch thread: on AVX-512 CPUs the thread count can change float
     rounding (it did change spectral norm's power iteration at init, before networks were built on one
     thread), and a test suite leaves the count where its last test set it."""
-    import torch
+    from factory.seeding import one_torch_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         return _digests(root)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _digests(root: Path) -> dict:

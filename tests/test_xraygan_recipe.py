@@ -252,7 +252,7 @@ def test_example_job_config_names_the_model_and_valid_settings(model):
 
 @pytest.mark.parametrize("model", ["xraygan-cgan", "xraygan-ucgan"])
 def test_bundles_produce_the_same_image_shards_with_one_or_two_actors(model, ray_local, tmp_path):
-    """The bundle through the actor pool: byte-identical shards with 1 and 2 actors, each index once; for
+    """The bundle through the actor pool: byte-identical shards with 1 and 2 actors, every sample counted; for
     UCGAN, the samples whose pseudo-label confidence is below the threshold are dropped and counted."""
     import json
     import tarfile

@@ -10,6 +10,7 @@ samples of the last point.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -104,8 +105,6 @@ class Panel:
 
 def plot_learning(result: dict[str, Any], images: np.ndarray | None, path: str) -> None:
     """Write the four learning-curve panels (and up to 16 final samples) of a learning result."""
-    import os
-
     points, real = result["points"], result["real"]
     xs = [p["train_cpu_minutes"] for p in points]
     x_max = max(max(xs), 1e-3) * 1.04
@@ -153,5 +152,10 @@ def plot_learning(result: dict[str, Any], images: np.ndarray | None, path: str) 
         for i, image in enumerate(images[:16]):
             tile_image = Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((tile, tile)).convert("RGB")
             canvas.paste(tile_image, (12 + (i % 16) * (tile + 0), top + 20 + (i // 16) * tile))
+    save_png(canvas, path)
+
+
+def save_png(canvas: Image.Image, path: str) -> None:
+    """Write the figure, making its folder if need be."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     canvas.save(path)

@@ -12,13 +12,12 @@ share one figure when they were scored by the same judge on the same held-out ph
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from factory.bench.learning_plot import COLOURS, PANEL_H, PANEL_W, Panel
+from factory.bench.learning_plot import COLOURS, PANEL_H, PANEL_W, Panel, save_png
 
 MODEL_COLOURS = {"xraygan-cgan": (31, 119, 180), "xraygan-ucgan": (255, 127, 14), "emixer": (148, 103, 189)}
 ARM_COLOURS = [(44, 160, 44), (23, 190, 207), (188, 189, 34), (214, 39, 40), (227, 119, 194), (127, 127, 127)]
@@ -39,13 +38,6 @@ def plot_xraygan(results: Sequence[dict[str, Any]], path: str, models: Sequence[
     comparable(results)
     curves = {m: r[m] for r in results for m in models if r.get(m)}
     table4 = next((r["table4"] for r in reversed(results) if r.get("table4")), None)
-    # EMIXER's point only where its own benchmark was scored by this judge (older JSONs did not record it).
-    emixer = next((r["emixer_image_branch"] for r in reversed(results) if r.get("emixer_image_branch")
-                   and r["emixer_image_branch"].get("same_judge", True)), None)
-    real = results[0]["real"]
-    minimum = next((r["minimum"]["cgan_judge_macro_auc"]["target"] for r in results
-                    if "cgan_judge_macro_auc" in r.get("minimum", {})), None)
-
     if not curves and table4:  # Table 4 alone (`--models none`): its panel only
         canvas = Image.new("RGB", (PANEL_W, PANEL_H + 40), "white")
         draw = ImageDraw.Draw(canvas)
@@ -53,9 +45,14 @@ def plot_xraygan(results: Sequence[dict[str, Any]], path: str, models: Sequence[
                             f"{table4['steps']} steps of batch {table4['batch']}", fill="black",
                   font=ImageFont.load_default())
         table4_panel(draw, (0, 40), table4)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        canvas.save(path)
+        save_png(canvas, path)
         return
+    # EMIXER's point only where its own benchmark was scored by this judge (older JSONs did not record it).
+    emixer = next((r["emixer_image_branch"] for r in reversed(results) if r.get("emixer_image_branch")
+                   and r["emixer_image_branch"].get("same_judge", True)), None)
+    real = results[0]["real"]
+    minimum = next((r["minimum"]["cgan_judge_macro_auc"]["target"] for r in results
+                    if "cgan_judge_macro_auc" in r.get("minimum", {})), None)
 
     xs_all = [p["train_cpu_minutes"] for c in curves.values() for p in c["points"]]
     if emixer:
@@ -101,8 +98,7 @@ def plot_xraygan(results: Sequence[dict[str, Any]], path: str, models: Sequence[
 
     if table4:
         table4_panel(draw, (PANEL_W, 40 + PANEL_H), table4)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
+    save_png(canvas, path)
 
 
 def table4_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], table4: dict[str, Any]) -> None:
